@@ -1,0 +1,38 @@
+# make install | train ARGS="impl=scratch" | test | lint | format | tensorboard | clean
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.install-stamp
+ARGS ?=
+
+.PHONY: install train test lint format tensorboard clean
+
+install: $(STAMP)
+
+# Reinstalls whenever pyproject.toml or the constraints change. torch and torchvision are
+# installed together from the registry so that they are one build (see constraints.txt).
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+train: install
+	$(BIN)/python train.py $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir logs --host 127.0.0.1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

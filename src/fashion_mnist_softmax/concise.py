@@ -1,0 +1,36 @@
+"""The chapter's concise implementation: ``nn.Linear``, ``nn.CrossEntropyLoss`` and ``torch.optim``."""
+
+from __future__ import annotations
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from fashion_mnist_softmax.base import SoftmaxRegression
+
+
+class ConciseSoftmaxRegression(SoftmaxRegression):
+    """``nn.Sequential(nn.Flatten(), nn.Linear(784, 10))`` trained with any ``torch.optim`` optimizer."""
+
+    name = "concise"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(self.hparams.num_inputs, self.hparams.num_outputs))
+        nn.init.normal_(self.net[1].weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.net[1].bias)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.criterion(logits, y)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return instantiate(self.hparams.optimizer, params=self.parameters())
+
+    @property
+    def weight_templates(self) -> torch.Tensor:
+        """The ten learned 28×28-pixel templates as a (10, 784) tensor: the rows of ``linear.weight``."""
+        return self.net[1].weight.detach()

@@ -1,0 +1,34 @@
+"""The names of the logged metrics, in one place, and the run's ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TRAIN_LOSS, TRAIN_ACC = "train/loss", "train/acc"
+VAL_LOSS, VAL_ACC, VAL_ACC_BEST = "val/loss", "val/acc", "val/acc_best"
+TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
+EPOCH_TIME = "time_s"
+METRICS_FILE = "metrics.json"
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON through a temp file and a rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The ``metrics.json`` of a run directory."""
+    return json.loads((Path(run_dir) / METRICS_FILE).read_text())

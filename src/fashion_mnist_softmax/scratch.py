@@ -1,0 +1,120 @@
+"""The chapter's from-scratch implementation: softmax, cross-entropy, accuracy and SGD by hand.
+
+Autograd computes the gradients, as in the chapter; nothing else comes from ``torch.nn`` or
+``torch.optim``. The chapter's softmax and loss overflow for large logits (``exp(1000)`` is
+inf), so the versions here subtract the row maximum first, which changes nothing mathematically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from hydra.utils import get_class
+from torch import nn
+
+from fashion_mnist_softmax.base import SoftmaxRegression
+from fashion_mnist_softmax.errors import UserError
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise exp(o_j) / sum_i exp(o_i), computed on logits shifted by their row maximum."""
+    exp = (logits - logits.max(dim=1, keepdim=True).values).exp()
+    return exp / exp.sum(dim=1, keepdim=True)
+
+
+def log_sum_exp(logits: torch.Tensor) -> torch.Tensor:
+    """log sum_i exp(o_i) per row, without overflow."""
+    top = logits.max(dim=1, keepdim=True).values
+    return top.squeeze(1) + (logits - top).exp().sum(dim=1).log()
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of -log softmax(o)_y over the batch, as log-sum-exp(o) minus the true class's logit."""
+    return (log_sum_exp(logits) - logits.gather(1, y.view(-1, 1)).squeeze(1)).mean()
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The fraction of rows whose largest logit is the true class."""
+    return (logits.argmax(dim=1) == y).float().mean().item()
+
+
+@torch.no_grad()
+def sgd(
+    params: Iterable[nn.Parameter],
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    velocities: dict[nn.Parameter, torch.Tensor] | None = None,
+) -> None:
+    """Minibatch SGD: ``param -= lr * grad``, with optional L2 weight decay and heavy-ball momentum.
+
+    The chapter's ``d2l.sgd`` divides by the batch size because its loss is a sum; the loss here
+    is already the batch mean. Momentum follows ``torch.optim.SGD``: v = momentum * v + g, with
+    v = g on the first step, and ``velocities`` keeps v between calls.
+    """
+    for p in params:
+        if p.grad is None:
+            continue
+        g = p.grad + weight_decay * p if weight_decay else p.grad
+        if momentum:
+            v = velocities.get(p)
+            g = velocities[p] = g.clone() if v is None else v.mul_(momentum).add_(g)
+        p.sub_(lr * g)
+
+
+class SGD(torch.optim.Optimizer):
+    """Hands :func:`sgd` to Lightning as an optimizer, so that schedulers and LR logging work."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            velocities = {p: self.state[p]["velocity"] for p in group["params"] if "velocity" in self.state[p]}
+            sgd(group["params"], group["lr"], group["momentum"], group["weight_decay"], velocities)
+            for p, v in velocities.items():
+                self.state[p]["velocity"] = v
+        return loss
+
+
+class ScratchSoftmaxRegression(SoftmaxRegression):
+    """O = XW + b with W (784×10) ~ N(0, 0.01) and b = 0, trained with the hand-written :func:`sgd`.
+
+    W is drawn in the (10, 784) order of ``nn.Linear.weight`` and transposed, so that one seed
+    gives ``W == linear.weight.T`` in the concise model: both runs then start from one point.
+    """
+
+    name = "scratch"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        n_in, n_out = self.hparams.num_inputs, self.hparams.num_outputs
+        self.W = nn.Parameter(torch.normal(0.0, 0.01, (n_out, n_in)).T.contiguous())
+        self.b = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, self.hparams.num_inputs) @ self.W + self.b
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(logits, y)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        config = dict(self.hparams.optimizer)
+        target = config.pop("_target_")
+        if get_class(target) is not torch.optim.SGD:
+            raise UserError(
+                f"impl=scratch trains with its hand-written SGD, so it cannot use the optimizer {target}. "
+                f"Use optim=sgd with impl=scratch, or impl=concise for other optimizers."
+            )
+        return SGD(self.parameters(), **config)
+
+    @property
+    def weight_templates(self) -> torch.Tensor:
+        """The ten learned 28×28-pixel templates as a (10, 784) tensor: the columns of W."""
+        return self.W.detach().T

@@ -1,0 +1,57 @@
+"""One training run: fit, test, and write ``metrics.json`` into the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.callbacks import EpochSummary
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict-shaped config group (``callbacks``, ``logger``)."""
+    return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics."""
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.impl)
+
+    summary = EpochSummary()
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="epoch{epoch:03d}-val_acc{val/acc:.4f}",
+        auto_insert_metric_name=False,
+        monitor=m.VAL_ACC,
+        mode="max",
+        save_last=True,
+    )
+    callbacks = [summary, checkpoint, *_instantiate_all(cfg.get("callbacks"))]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
+    tested = trainer.test(model, datamodule=datamodule, ckpt_path=cfg.test_ckpt, weights_only=True)[0]
+
+    metrics = {
+        "impl": model.name,
+        "seed": cfg.seed,
+        m.TEST_ACC: tested[m.TEST_ACC],
+        m.TEST_LOSS: tested[m.TEST_LOSS],
+        m.VAL_ACC_BEST: float(checkpoint.best_model_score),
+        "test_ckpt": trainer.ckpt_path,
+        "hparams": OmegaConf.to_container(cfg, resolve=True),
+        "history": history,
+    }
+    if trainer.is_global_zero:
+        m.write_json_atomic(run_dir / m.METRICS_FILE, metrics)
+    return metrics

@@ -1,0 +1,24 @@
+"""Train softmax regression on Fashion-MNIST: ``python train.py impl=scratch experiment=d2l``."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fashion_mnist_softmax import metrics
+from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.training import train
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@friendly_errors
+def main(cfg: DictConfig) -> float:
+    """The returned ``val/acc_best`` is the objective of Optuna sweeps."""
+    return train(cfg)[metrics.VAL_ACC_BEST]
+
+
+if __name__ == "__main__":
+    main()
