@@ -16,7 +16,10 @@ class ConciseSoftmaxRegression(SoftmaxRegression):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(self.hparams.num_inputs, self.hparams.num_outputs))
+        # skip nn.Linear's own random init: the chapter's init below then draws from the same RNG
+        # state as the scratch model's, so one seed gives both models one starting point
+        linear = nn.utils.skip_init(nn.Linear, self.hparams.num_inputs, self.hparams.num_outputs)
+        self.net = nn.Sequential(nn.Flatten(), linear)
         nn.init.normal_(self.net[1].weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.net[1].bias)
         self.criterion = nn.CrossEntropyLoss()

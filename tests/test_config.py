@@ -1,0 +1,38 @@
+"""Hydra composition of conf/train.yaml and its groups."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class
+
+
+def test_defaults_compose(compose_cfg):
+    cfg = compose_cfg(["paths.output_dir=/tmp/x"])
+    assert get_class(cfg.impl._target_).__name__ == "ConciseSoftmaxRegression"
+    assert get_class(cfg.data._target_).__name__ == "FashionMNISTDataModule"
+    assert cfg.seed == 42 and cfg.test_ckpt == "best" and cfg.scheduler is None
+    assert cfg.data.batch_size == 256 and cfg.data.val_size == 5000 and cfg.data.normalize is False
+    assert cfg.optim.lr == 0.1 and cfg.optim.momentum == 0 and cfg.optim.weight_decay == 0
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.devices == 1
+    assert list(cfg.logger) == ["tensorboard"]
+    assert cfg.impl.optimizer.lr == cfg.optim.lr
+
+
+def test_d2l_experiment_is_the_chapters_recipe(compose_cfg):
+    cfg = compose_cfg(["experiment=d2l", "impl=scratch"])
+    assert get_class(cfg.impl._target_).__name__ == "ScratchSoftmaxRegression"
+    assert (cfg.data.batch_size, cfg.data.val_size, cfg.data.normalize) == (256, 0, False)
+    assert (cfg.optim.lr, cfg.trainer.max_epochs, cfg.test_ckpt) == (0.1, 5, "last")
+    assert cfg.optim._target_ == "torch.optim.SGD"
+
+
+def test_groups_switch(compose_cfg):
+    cfg = compose_cfg(["scheduler=cosine", "logger=csv", "debug=quick", "optim=adam"])
+    assert cfg.scheduler.T_max == cfg.trainer.max_epochs == 1
+    assert list(cfg.logger) == ["csv"] and cfg.trainer.limit_train_batches == 10
+    assert cfg.optim._target_ == "torch.optim.Adam"
+
+
+def test_unknown_impl_lists_the_choices(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["impl=nope"])
+    assert "concise" in str(e.value.__cause__ or e.value) and "scratch" in str(e.value.__cause__ or e.value)
