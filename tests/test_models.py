@@ -48,7 +48,8 @@ def test_sgd_matches_torch_optim_sgd(momentum, weight_decay):
     ours, theirs = torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(5, 3))
     with torch.no_grad():
         theirs.copy_(ours)
-    mine, reference = SGD([ours], 0.1, momentum, weight_decay), torch.optim.SGD([theirs], 0.1, momentum, 0, weight_decay)
+    mine = SGD([ours], lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    reference = torch.optim.SGD([theirs], lr=0.1, momentum=momentum, weight_decay=weight_decay)
     for step in range(4):
         target = torch.randn(5, 3, generator=torch.Generator().manual_seed(step))
         for p, opt in ((ours, mine), (theirs, reference)):

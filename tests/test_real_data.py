@@ -2,8 +2,9 @@
 
 import pytest
 
-from conftest import needs_real_data
 from fashion_mnist_softmax.training import train
+
+from conftest import needs_real_data
 
 SEED_TEST_ACC = {"scratch": 0.827, "concise": 0.822}
 
