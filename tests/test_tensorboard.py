@@ -77,7 +77,7 @@ def test_figures_are_logged_and_saved_as_pngs(multirun):
 
 
 def test_hparams_hold_the_hyperparameters_and_final_metrics(multirun):
-    for job, lr in zip(("0", "1"), LRS):
+    for job, lr in zip(("0", "1"), LRS, strict=True):
         run = events(multirun / job)
         content = run.PluginTagToContent("hparams")
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment

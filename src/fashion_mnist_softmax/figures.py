@@ -43,8 +43,10 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor) -> Figure:
 
 def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> Figure:
     """The chapter's last figure: each image titled "true / predicted", wrong predictions in red."""
-    titles = [f"{t}\n{p}" for t, p in zip(get_fashion_mnist_labels(labels), get_fashion_mnist_labels(predicted))]
-    colors = [WRONG if t != p else "black" for t, p in zip(labels.tolist(), predicted.tolist())]
+    titles = [
+        f"{t}\n{p}" for t, p in zip(get_fashion_mnist_labels(labels), get_fashion_mnist_labels(predicted), strict=True)
+    ]
+    colors = [WRONG if t != p else "black" for t, p in zip(labels.tolist(), predicted.tolist(), strict=True)]
     return image_grid(images, titles, colors=colors)
 
 
@@ -57,7 +59,7 @@ def weights_figure(templates: torch.Tensor, class_names: Sequence[str] = CLASS_N
     limit = float(np.abs(w).max()) or 1.0
     fig = Figure(figsize=(9, 4), dpi=DPI, layout="constrained")
     axes = fig.subplots(2, -(-len(w) // 2), squeeze=False)
-    for ax, template, name in zip(axes.flat, w, class_names):
+    for ax, template, name in zip(axes.flat, w, class_names, strict=False):
         shown = ax.imshow(template, cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
@@ -75,8 +77,8 @@ def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str] = CLASS
     ticks = np.arange(len(class_names))
     fig = Figure(figsize=(13, 5.5), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 2)
-    names = [f"{name} ({acc:.0%})" for name, acc in zip(class_names, np.diag(rates))]
-    for ax, values, title, fmt in zip(axes, (counts, rates), ("counts", "row-normalised"), ("d", ".2f")):
+    names = [f"{name} ({acc:.0%})" for name, acc in zip(class_names, np.diag(rates), strict=True)]
+    for ax, values, title, fmt in zip(axes, (counts, rates), ("counts", "row-normalised"), ("d", ".2f"), strict=True):
         shown = ax.imshow(values, cmap="Blues")
         for (i, j), v in np.ndenumerate(values):
             color = "white" if v > 0.6 * values.max() else "black"

@@ -29,7 +29,7 @@ def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
 
 def _first_items(dataset: torch.utils.data.Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` (image, label) pairs of a map-style data set, stacked."""
-    images, labels = zip(*(dataset[i] for i in range(min(n, len(dataset)))))
+    images, labels = zip(*(dataset[i] for i in range(min(n, len(dataset)))), strict=True)
     return torch.stack(images), torch.stack([torch.as_tensor(y) for y in labels])
 
 
