@@ -47,7 +47,9 @@ def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: to
         f"{t}\n{p}" for t, p in zip(get_fashion_mnist_labels(labels), get_fashion_mnist_labels(predicted), strict=True)
     ]
     colors = [WRONG if t != p else "black" for t, p in zip(labels.tolist(), predicted.tolist(), strict=True)]
-    return image_grid(images, titles, colors=colors)
+    fig = image_grid(images, titles, colors=colors)
+    fig.suptitle("true / predicted (wrong in red)", fontsize=9)
+    return fig
 
 
 def weights_figure(templates: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES) -> Figure:
@@ -75,7 +77,7 @@ def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str] = CLASS
     counts = confusion.detach().cpu().double().numpy()
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     ticks = np.arange(len(class_names))
-    fig = Figure(figsize=(13, 5.5), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(12, 5), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 2)
     names = [f"{name} ({acc:.0%})" for name, acc in zip(class_names, np.diag(rates), strict=True)]
     for ax, values, title, fmt in zip(axes, (counts, rates), ("counts", "row-normalised"), ("d", ".2f"), strict=True):
