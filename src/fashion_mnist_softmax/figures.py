@@ -1,0 +1,114 @@
+"""The chapter's pictures and a few more, as matplotlib figures: tensors in, a ``Figure`` out.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never by
+pyplot, so they need no display and leave no global state behind. :func:`render` turns one
+into an RGB array that can be logged to TensorBoard and saved as a PNG from one rendering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fashion_mnist_softmax.data import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
+
+DPI = 100
+WRONG = "tab:red"
+
+
+def image_grid(
+    images: torch.Tensor, titles: Sequence[str], ncols: int = 10, cmap: str = "gray", colors: Sequence[str] = ()
+) -> Figure:
+    """Images of shape (N, 28, 28) or (N, 1, 28, 28) in rows of ``ncols``, each with its title."""
+    images = images.detach().cpu().float().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    nrows = -(-len(images) // ncols)
+    fig = Figure(figsize=(1.2 * ncols, 1.5 * nrows), dpi=DPI, layout="constrained")
+    for i, ax in enumerate(fig.subplots(nrows, ncols, squeeze=False).flat):
+        ax.set_axis_off()
+        if i < len(images):
+            ax.imshow(images[i].numpy(), cmap=cmap)
+            ax.set_title(titles[i], fontsize=8, color=colors[i] if colors else "black")
+    return fig
+
+
+def samples_figure(images: torch.Tensor, labels: torch.Tensor) -> Figure:
+    """The chapter's ``show_fashion_mnist``: images with their text labels."""
+    return image_grid(images, get_fashion_mnist_labels(labels))
+
+
+def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> Figure:
+    """The chapter's last figure: each image titled "true / predicted", wrong predictions in red."""
+    titles = [
+        f"{t}\n{p}" for t, p in zip(get_fashion_mnist_labels(labels), get_fashion_mnist_labels(predicted), strict=True)
+    ]
+    colors = [WRONG if t != p else "black" for t, p in zip(labels.tolist(), predicted.tolist(), strict=True)]
+    fig = image_grid(images, titles, colors=colors)
+    fig.suptitle("true / predicted (wrong in red)", fontsize=9)
+    return fig
+
+
+def weights_figure(templates: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES) -> Figure:
+    """The ten (784,) weight templates as 28×28 images on one colour scale centred at 0.
+
+    Red pixels raise a class's score, blue ones lower it.
+    """
+    w = templates.detach().cpu().float().reshape(-1, IMAGE_SIZE, IMAGE_SIZE).numpy()
+    limit = float(np.abs(w).max()) or 1.0
+    fig = Figure(figsize=(9, 4), dpi=DPI, layout="constrained")
+    axes = fig.subplots(2, -(-len(w) // 2), squeeze=False)
+    for ax, template, name in zip(axes.flat, w, class_names, strict=False):
+        shown = ax.imshow(template, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="weight")
+    return fig
+
+
+def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted) in counts and row-normalised.
+
+    The row-normalised panel's diagonal is each class's accuracy, also written next to its name.
+    """
+    counts = confusion.detach().cpu().double().numpy()
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ticks = np.arange(len(class_names))
+    fig = Figure(figsize=(12, 5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    names = [f"{name} ({acc:.0%})" for name, acc in zip(class_names, np.diag(rates), strict=True)]
+    for ax, values, title, fmt in zip(axes, (counts, rates), ("counts", "row-normalised"), ("d", ".2f"), strict=True):
+        shown = ax.imshow(values, cmap="Blues")
+        for (i, j), v in np.ndenumerate(values):
+            color = "white" if v > 0.6 * values.max() else "black"
+            ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=7, color=color)
+        ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(ticks, names, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true (per-class accuracy)")
+        ax.set_title(title)
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+    return fig
+
+
+def curves_figure(epochs: Sequence[int], curves: Mapping[str, Sequence[float]]) -> Figure:
+    """Named per-epoch series on one plot, like the d2l ``Animator``."""
+    fig = Figure(figsize=(5, 3.5), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for name, values in curves.items():
+        ax.plot(epochs, values, marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def render(fig: Figure) -> np.ndarray:
+    """The figure as an (H, W, 3) uint8 RGB array, W×H being its size in inches times its dpi."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

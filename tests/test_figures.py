@@ -1,0 +1,54 @@
+"""The figure functions: tensors in, a Figure out, rendered without a display."""
+
+import numpy as np
+import torch
+
+from fashion_mnist_softmax import figures
+from fashion_mnist_softmax.data import CLASS_NAMES
+
+
+def size_in_pixels(fig) -> tuple[int, int]:
+    width, height = fig.get_size_inches() * fig.dpi
+    return round(height), round(width)
+
+
+def test_render_gives_rgb_pixels_of_the_figure_size():
+    fig = figures.samples_figure(torch.rand(10, 1, 28, 28), torch.arange(10))
+    image = figures.render(fig)
+    assert image.dtype == np.uint8
+    assert image.shape == (*size_in_pixels(fig), 3)
+    assert image.std() > 0
+    assert [ax.get_title() for ax in fig.axes] == list(CLASS_NAMES)
+
+
+def test_predictions_mark_the_wrong_ones():
+    labels, predicted = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 5, 3])
+    fig = figures.predictions_figure(torch.rand(4, 28, 28), labels, predicted)
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled][2] == "pullover\nsandal"
+    wrong = [ax.title.get_color() == figures.WRONG for ax in titled]
+    assert wrong == [False, False, True, False]
+
+
+def test_weights_share_one_colour_scale_centred_at_zero():
+    templates = torch.randn(10, 784)
+    templates[3, 0] = -7.0
+    fig = figures.weights_figure(templates)
+    limits = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert limits == {(-7.0, 7.0)}
+
+
+def test_confusion_shows_counts_rates_and_per_class_accuracy():
+    confusion = torch.diag(torch.full((10,), 90)) + 1
+    fig = figures.confusion_figure(confusion)
+    counts, rates = (ax for ax in fig.axes if ax.images)
+    assert counts.images[0].get_array().max() == 91
+    assert np.allclose(rates.images[0].get_array().sum(axis=1), 1.0)
+    assert counts.get_yticklabels()[0].get_text() == "t-shirt (91%)"
+
+
+def test_curves_plot_one_line_per_series():
+    fig = figures.curves_figure([1, 2, 3], {"train/loss": [0.8, 0.6, 0.5], "val/acc": [0.7, 0.8, 0.81]})
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.lines] == ["train/loss", "val/acc"]
+    assert list(ax.lines[1].get_ydata()) == [0.7, 0.8, 0.81]

@@ -1,0 +1,146 @@
+"""What a run writes for TensorBoard, read back by tensorboard itself: files, and a real server.
+
+One real two-job multirun of train.py (``-m optim.lr=0.1,0.3``) on synthetic data serves every test.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import run_script, tiny_overrides
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from fashion_mnist_softmax import metrics as m
+
+LRS = (0.1, 0.3)
+FIGURES = (m.SAMPLES, m.PREDICTIONS, m.WEIGHTS, m.CONFUSION, m.CURVES)
+SCALARS = (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC, m.VAL_ACC_BEST, m.TEST_ACC, m.TEST_LOSS)
+SCALARS += (m.TRAIN_LOSS_STEP, m.TRAIN_EPOCH_TIME, m.TRAIN_THROUGHPUT, "lr-SGD")
+HP_METRICS = (m.HP_VAL_ACC_BEST, m.HP_TEST_ACC, m.HP_TEST_LOSS)
+HPARAMS = ("impl", "lr", "weight_decay", "momentum", "batch_size", "epochs", "normalize", "seed", "schedule")
+
+
+@pytest.fixture(scope="module")
+def multirun(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sweep dir of a finished two-job multirun; job ``i`` trained with ``LRS[i]``."""
+    tmp = tmp_path_factory.mktemp("tensorboard")
+    overrides = [o for o in tiny_overrides(fake_archives, tmp / "data", tmp) if not o.startswith("paths.output_dir=")]
+    result = run_script(
+        "train.py",
+        "-m",
+        *overrides,
+        "impl=scratch",
+        "callbacks=inspection",
+        "trainer.log_every_n_steps=5",
+        f"optim.lr={','.join(map(str, LRS))}",
+        f"hydra.sweep.dir={tmp / 'multirun'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "multirun"
+
+
+def events(job_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    return accumulator.Reload()
+
+
+def test_each_job_has_its_own_scalars(multirun):
+    for job in ("0", "1"):
+        run = events(multirun / job)
+        assert set(SCALARS) <= set(run.Tags()["scalars"])
+        assert len(run.Scalars(m.TRAIN_LOSS_STEP)) >= 4  # 14 steps per epoch, logged every 5th
+        assert [e.step for e in run.Scalars(m.TRAIN_ACC)] == [e.step for e in run.Scalars(m.TRAIN_EPOCH_TIME)]
+        assert all(e.value > 0 for e in run.Scalars(m.TRAIN_THROUGHPUT))
+        assert run.Scalars(m.TEST_ACC)[-1].value == pytest.approx(m.read_metrics(multirun / job)[m.TEST_ACC])
+    assert events(multirun / "1").Scalars("lr-SGD")[0].value == pytest.approx(LRS[1])
+
+
+def test_figures_are_logged_and_saved_as_pngs(multirun):
+    run = events(multirun / "0")
+    assert set(FIGURES) <= set(run.Tags()["images"])
+    assert [e.step for e in run.Images(m.WEIGHTS)] == [1, 2]  # the slider shows the templates per epoch
+    for name in FIGURES:
+        png = Image.open(multirun / "0" / "figures" / f"{name}.png")
+        logged = run.Images(name)[-1]
+        assert (logged.width, logged.height) == png.size
+        assert min(png.size) >= 150
+
+
+def test_hparams_hold_the_hyperparameters_and_final_metrics(multirun):
+    for job, lr in zip(("0", "1"), LRS, strict=True):
+        run = events(multirun / job)
+        content = run.PluginTagToContent("hparams")
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert {info.name.tag for info in experiment.metric_infos} == set(HP_METRICS)
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        hparams = start.session_start_info.hparams
+        assert set(hparams) == set(HPARAMS)
+        assert hparams["lr"].number_value == pytest.approx(lr)
+        assert hparams["impl"].string_value == "scratch"
+        assert hparams["schedule"].string_value == "constant"
+        saved = m.read_metrics(multirun / job)
+        assert run.Scalars(m.HP_TEST_ACC)[-1].value == pytest.approx(saved[m.TEST_ACC])
+        assert run.Scalars(m.HP_VAL_ACC_BEST)[-1].value == pytest.approx(saved[m.VAL_ACC_BEST])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def test_a_real_tensorboard_server_lists_one_run_per_job(multirun):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(multirun)]
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                tags = get_json(f"{base}/scalars/tags")
+                if len(tags) == 2:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "tensorboard did not serve both runs within 60 s"
+            time.sleep(0.5)
+        assert set(tags) == {"0/tensorboard", "1/tensorboard"}
+        assert all({m.TEST_ACC, m.TRAIN_LOSS_STEP} <= set(run_tags) for run_tags in tags.values())
+
+        request = urllib.parse.quote(json.dumps({"experimentName": ""}))
+        experiment = get_json(f"{base}/hparams/experiment?request={request}")
+        assert {info["name"] for info in experiment["hparamInfos"]} == set(HPARAMS)
+        assert {info["name"]["tag"] for info in experiment["metricInfos"]} == set(HP_METRICS)
+        query = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "sliceSize": 10}
+        groups = get_json(f"{base}/hparams/session_groups?request={urllib.parse.quote(json.dumps(query))}")
+        groups = groups["sessionGroups"]
+        assert sorted(group["hparams"]["lr"] for group in groups) == pytest.approx(LRS)
+        assert all(len(group["metricValues"]) == len(HP_METRICS) for group in groups)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
