@@ -15,12 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run_script, tiny_overrides
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from fashion_mnist_softmax import metrics as m
+
+from conftest import run_script, tiny_overrides
 
 LRS = (0.1, 0.3)
 FIGURES = (m.SAMPLES, m.PREDICTIONS, m.WEIGHTS, m.CONFUSION, m.CURVES)
