@@ -33,9 +33,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         auto_insert_metric_name=False,
         monitor=m.VAL_ACC,
         mode="max",
-        save_last=True,
     )
-    callbacks = [summary, checkpoint, *_instantiate_all(cfg.get("callbacks"))]
+    # Lightning 2.6 refreshes save_last=True only at steps that also saved a top-k file, so last.ckpt gets its own
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
+    callbacks = [summary, checkpoint, last, *_instantiate_all(cfg.get("callbacks"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
