@@ -53,7 +53,7 @@ def check_train_config(cfg: DictConfig) -> None:
         if not is_valid(value):
             raise UserError(f"{key}={value!r} is not valid: it must be {expected}. Fix it on the command line.")
     if cfg.get("ckpt_path"):
-        check_impl(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path, IMPLS_BY_TARGET.get(cfg.impl._target_))
+        check_impl(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path, impl_name(cfg))
     check_fresh_run_dir(Path(cfg.paths.output_dir), cfg.get("ckpt_path"))
 
 
@@ -107,6 +107,11 @@ def impl_of(ckpt: dict[str, Any], path: str | Path) -> str:
         f"The checkpoint {path} holds parameters {sorted(keys)}, which fit neither implementation "
         f"({', '.join(IMPLS)}). Give a .ckpt file written by train.py."
     )
+
+
+def impl_name(cfg: DictConfig) -> str | None:
+    """The implementation that ``cfg.impl`` (a node of the ``impl`` config group, or None) selects."""
+    return IMPLS_BY_TARGET.get(cfg.impl._target_) if cfg.get("impl") else None
 
 
 def check_impl(ckpt: dict[str, Any], path: str | Path, expected: str | None) -> str:
