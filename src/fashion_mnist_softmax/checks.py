@@ -132,14 +132,14 @@ class StopOnDivergedLoss(L.Callback):
     a long while after training has diverged (``optim.lr=1e30`` gives losses near 1e31), so a loss
     above ``max_loss`` stops the run too. Either way the run stops before that epoch's checkpoints.
 
-    Reading a loss on the host makes the host wait for the device. On the CPU that costs nothing,
-    so every step is checked at once. On an accelerator the losses stay on the device and are read
-    together every ``check_every`` steps and at each epoch's last batch; the error still names the
-    first bad step.
+    Reading a loss on the host makes the host wait for the device. On the CPU that costs under a
+    microsecond, so every step is checked at once. On an accelerator the losses stay on the device
+    and are read together every ``check_every`` (50) steps and at each epoch's last batch; the
+    error still names the first bad step.
     """
 
-    def __init__(self, max_loss: float = 1e6, check_every: int = 50) -> None:
-        self.max_loss, self.check_every = max_loss, check_every
+    def __init__(self, max_loss: float = 1e6, check_every: int | None = None) -> None:
+        self.max_loss, self.check_every = max_loss, check_every  # None: 1 on the CPU, 50 on an accelerator
         self._losses: list[torch.Tensor] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -148,23 +148,29 @@ class StopOnDivergedLoss(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self._losses.append(loss.detach())
-        every = 1 if loss.device.type == "cpu" else self.check_every
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        every = self.check_every or (1 if loss.device.type == "cpu" else 50)
+        if every == 1:
+            if not abs(float(loss)) <= self.max_loss:  # NaN fails every comparison
+                self._stop(trainer, batch_idx + 1, float(loss))
+            return
+        self._losses.append(loss)
         if len(self._losses) < every and not trainer.is_last_batch:
             return
         losses, self._losses = torch.stack(self._losses).float().cpu(), []
-        bad = (~(losses.abs() <= self.max_loss)).nonzero()  # NaN fails every comparison
+        bad = (~(losses.abs() <= self.max_loss)).nonzero()
         if len(bad):
             first = int(bad[0])
-            step = batch_idx + 2 - len(losses) + first  # 1-based, like the epoch
-            lr = trainer.optimizers[0].param_groups[0]["lr"]
-            raise UserError(
-                f"Training stopped: the loss diverged (a non-finite loss, or above {self.max_loss:g}) at epoch "
-                f"{trainer.current_epoch + 1}, step {step}: loss {float(losses[first]):g}. The likely cause is a "
-                f"learning rate that is too high (optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1). "
-                f"Checkpoints from earlier epochs are kept."
-            )
+            self._stop(trainer, batch_idx + 2 - len(losses) + first, float(losses[first]))
+
+    def _stop(self, trainer: L.Trainer, step: int, loss: float) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        raise UserError(
+            f"Training stopped: the loss diverged (a non-finite loss, or above {self.max_loss:g}) at epoch "
+            f"{trainer.current_epoch + 1}, step {step}: loss {loss:g}. The likely cause is a learning rate that "
+            f"is too high (optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1). Checkpoints from earlier "
+            f"epochs are kept."
+        )
 
 
 class SaveOnInterrupt(L.Callback):
