@@ -28,7 +28,7 @@ def train_args(archives: Path, root: Path, name: str, *extra: str) -> list[str]:
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
     """Start train.py; stdout is a pipe to watch, stderr goes to ``log``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # 2 busy cores: threads only contend
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=ROOT,
