@@ -7,6 +7,7 @@ import shutil
 
 import lightning as L
 import pytest
+import torch
 from conftest import run_script
 from hydra.utils import instantiate
 
@@ -151,3 +152,10 @@ def test_bad_resume_checkpoint_is_named(tiny_cfg, tmp_path, problem):
         train(tiny_cfg(f"impl={impl}", f"ckpt_path={bad}", "trainer.max_epochs=2"))
     if problem == "other impl":
         assert "holds a scratch model, but impl=concise" in error.value.message
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_diverged_loss_on_a_gpu_names_the_first_bad_step(tiny_cfg):
+    with pytest.raises(UserError, match=r"epoch 1, step 2: loss nan"):
+        train(tiny_cfg("optim.lr=1e38", "trainer.accelerator=gpu"))

@@ -132,3 +132,10 @@ def test_to_fashion_mnist_makes_a_light_centred_object_on_black():
     assert pixels[:, 0].max() < 30 and pixels[:, -1].max() < 30, "the background is black"
     already_dark = Image.fromarray(255 - np.asarray(photo.convert("L")))
     assert np.abs(to_fashion_mnist(already_dark).astype(int) - pixels).max() <= 1, "light-on-dark is kept"
+
+
+@pytest.mark.parametrize(("app", "run"), [("eval", evaluate), ("predict", predict)])
+def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app, run):
+    cfg = compose_cfg([f"paths.output_dir={tmp_path}", "indices=[0]"][: 2 if app == "predict" else 1], config_name=app)
+    with pytest.raises(UserError, match=r"No checkpoint given: add ckpt_path="):
+        run(cfg)

@@ -67,6 +67,16 @@ def check_fresh_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
         )
 
 
+def given_ckpt_path(cfg: DictConfig) -> str:
+    """``cfg.ckpt_path``, which eval.py and predict.py cannot do without."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise UserError(
+            "No checkpoint given: add ckpt_path=<run dir>/checkpoints/last.ckpt (training runs are under "
+            "logs/train/runs/)."
+        )
+    return str(cfg.ckpt_path)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint with ``weights_only=True``: tensors and plain data only, never code."""
     path = Path(path)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.base import SoftmaxRegression
-from fashion_mnist_softmax.checks import IMPLS, check_impl, impl_name, load_checkpoint
+from fashion_mnist_softmax.checks import IMPLS, check_impl, given_ckpt_path, impl_name, load_checkpoint
 from fashion_mnist_softmax.data import FashionMNISTDataModule
 
 
@@ -51,7 +51,7 @@ def data_config(cfg: DictConfig) -> DictConfig:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test ``cfg.ckpt_path`` on the test set; write and return the metrics."""
-    model = load_model(cfg.ckpt_path, impl_name(cfg))
+    model = load_model(given_ckpt_path(cfg), impl_name(cfg))
     datamodule: FashionMNISTDataModule = instantiate(data_config(cfg))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     tested = trainer.test(model, datamodule=datamodule)[0]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checks import impl_name
+from fashion_mnist_softmax.checks import given_ckpt_path, impl_name
 from fashion_mnist_softmax.data import CLASS_NAMES, IMAGE_SIZE, FashionMNISTDataModule, InMemoryFashionMNIST
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.evaluation import data_config, load_model
@@ -95,7 +95,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Print the top classes of ``cfg.images`` and of the test images ``cfg.indices``; write them as JSON."""
     if not cfg.images and not cfg.indices:
         raise UserError("Nothing to predict: give images=[a.png,b.jpg] (files or folders) or indices=[0,1,2].")
-    model = load_model(cfg.ckpt_path, impl_name(cfg))
+    model = load_model(given_ckpt_path(cfg), impl_name(cfg))
     files = image_files(list(cfg.images))
     arrays = [read_image(f) for f in files]
     indices = [int(i) for i in cfg.indices]
