@@ -139,3 +139,13 @@ def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app, run):
     cfg = compose_cfg([f"paths.output_dir={tmp_path}", "indices=[0]"][: 2 if app == "predict" else 1], config_name=app)
     with pytest.raises(UserError, match=r"No checkpoint given: add ckpt_path="):
         run(cfg)
+
+
+def test_eval_of_a_checkpoint_outside_its_run_dir_uses_the_given_data(trained, compose_cfg, fake_archives, tmp_path):
+    run_metrics = m.read_metrics(trained)
+    moved = tmp_path / "moved.ckpt"
+    moved.write_bytes(Path(run_metrics["test_ckpt"]).read_bytes())
+    data = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if o.startswith("data.")]
+    cfg = compose_cfg([f"ckpt_path={moved}", f"paths.output_dir={tmp_path}", *data, *QUIET], config_name="eval")
+    assert evaluate(cfg)[m.TEST_ACC] == run_metrics[m.TEST_ACC]
+    assert m.read_metrics(tmp_path)["ckpt_path"] == str(moved)
