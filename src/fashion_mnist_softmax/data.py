@@ -217,7 +217,8 @@ class EpochBatchSampler:
         return order[: self.n - self.n % self.world_size][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self._indices().split(self.batch_size))
+        # lazily: Lightning creates the first epoch's iterator before it calls set_epoch, which matters on resume
+        yield from self._indices().split(self.batch_size)
 
     def __len__(self) -> int:
         return -(-len(self._indices()) // self.batch_size)

@@ -27,7 +27,10 @@ def friendly_errors(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            print("\nError: " + textwrap.fill(e.message, width=100, subsequent_indent="  "), file=sys.stderr)
+            paragraph = textwrap.fill(
+                e.message, width=100, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+            )  # paths stay whole, to be copied
+            print("\nError: " + paragraph, file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.callbacks import EpochSummary
+from fashion_mnist_softmax.checks import SaveOnInterrupt, StopOnDivergedLoss, check_train_config
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -21,6 +22,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics."""
+    check_train_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
@@ -33,9 +35,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         auto_insert_metric_name=False,
         monitor=m.VAL_ACC,
         mode="max",
-        save_last=True,
     )
-    callbacks = [summary, checkpoint, *_instantiate_all(cfg.get("callbacks"))]
+    # Lightning 2.6 refreshes save_last=True only at steps that also saved a top-k file, so last.ckpt gets its own
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
+    guards = [StopOnDivergedLoss(), SaveOnInterrupt(run_dir / "checkpoints")]
+    callbacks = [summary, *guards, checkpoint, last, *_instantiate_all(cfg.get("callbacks"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)

@@ -1,0 +1,23 @@
+"""Test a saved checkpoint on the test set: ``python eval.py ckpt_path=<run>/checkpoints/last.ckpt``."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fashion_mnist_softmax import metrics
+from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.evaluation import evaluate
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@friendly_errors
+def main(cfg: DictConfig) -> float:
+    return evaluate(cfg)[metrics.TEST_ACC]
+
+
+if __name__ == "__main__":
+    main()

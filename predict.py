@@ -1,0 +1,22 @@
+"""Label images with a saved model: ``python predict.py ckpt_path=<run>/checkpoints/last.ckpt images=[a.png]``."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.prediction import predict
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Label new images or test-set images with a saved model: ``python predict.py ckpt_path=… images=[a.png]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.checks import given_ckpt_path, impl_name
+from fashion_mnist_softmax.data import CLASS_NAMES, IMAGE_SIZE, FashionMNISTDataModule, InMemoryFashionMNIST
+from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.evaluation import data_config, load_model
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+PREDICTIONS_FILE = "predictions.json"
+
+
+def to_fashion_mnist(image: Image.Image) -> np.ndarray:
+    """Convert any picture to a 28×28 uint8 image the way Fashion-MNIST was made.
+
+    Grayscale; a light object on a dark background (product photos on white are inverted, judged
+    by the border); cropped to the object, padded to a centred square and resized so that the
+    object's longer side fills the 28 pixels.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, "white")
+        image = Image.alpha_composite(background, image)
+    gray = np.asarray(image.convert("L"), dtype=np.uint8)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 127:
+        gray = 255 - gray
+    rows, cols = np.nonzero(gray > 0.1 * max(int(gray.max()), 1))
+    if len(rows):
+        gray = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    side = max(gray.shape)
+    square = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - gray.shape[0]) // 2, (side - gray.shape[1]) // 2
+    square[top : top + gray.shape[0], left : left + gray.shape[1]] = gray
+    resized = Image.fromarray(square).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The files named, with the images in each named folder in name order."""
+    files = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise UserError(
+                    f"The folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
+                    f"Give image files or a folder of images."
+                )
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"The image {path} does not exist. Check the path given in images=[...].")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as a Fashion-MNIST-like 28×28 uint8 array; a clear error if it is not an image."""
+    try:
+        with Image.open(path) as image:
+            return to_fashion_mnist(image)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(
+            f"The file {path} cannot be read as an image ({type(e).__name__}: {e}). Give PNG, JPEG or other "
+            f"image files, or remove this one from images=[...]."
+        ) from None
+
+
+def top_k(model: torch.nn.Module, x: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+    """The ``k`` likeliest classes of each image with their softmax probabilities."""
+    with torch.no_grad():
+        probs = torch.softmax(model(x), dim=1)
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [
+        [(CLASS_NAMES[i], p) for i, p in zip(ix.tolist(), vs.tolist(), strict=True)]
+        for ix, vs in zip(indices, values, strict=True)
+    ]
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Print the top classes of ``cfg.images`` and of the test images ``cfg.indices``; write them as JSON."""
+    if not cfg.images and not cfg.indices:
+        raise UserError("Nothing to predict: give images=[a.png,b.jpg] (files or folders) or indices=[0,1,2].")
+    model = load_model(given_ckpt_path(cfg), impl_name(cfg))
+    files = image_files(list(cfg.images))
+    arrays = [read_image(f) for f in files]
+    indices = [int(i) for i in cfg.indices]
+    data = data_config(cfg)
+    test_set = InMemoryFashionMNIST(torch.empty(0, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8), torch.empty(0))
+    if indices or data.normalize:  # the test images, or the training set's mean and std
+        datamodule: FashionMNISTDataModule = instantiate(data)
+        datamodule.setup("predict")
+        test_set = datamodule.test_set
+    if bad := [i for i in indices if not 0 <= i < len(test_set)]:
+        raise UserError(
+            f"indices={bad} are out of range: the test set has {len(test_set)} images, numbered 0 to "
+            f"{len(test_set) - 1}."
+        )
+
+    rows: list[dict[str, Any]] = []
+    if files:
+        images, n = torch.from_numpy(np.stack(arrays)), len(files)
+        x, _ = InMemoryFashionMNIST(images, torch.zeros(n), test_set.mean, test_set.std)[torch.arange(n)]
+        rows += [{"source": str(f), "top": t} for f, t in zip(files, top_k(model, x, cfg.top_k), strict=True)]
+    if indices:
+        x, y = test_set[torch.tensor(indices)]
+        for i, label, t in zip(indices, y.tolist(), top_k(model, x, cfg.top_k), strict=True):
+            rows.append({"source": f"test[{i}]", "true": CLASS_NAMES[label], "top": t})
+    for row in rows:
+        truth = f" (true: {row['true']})" if "true" in row else ""
+        print(f"{row['source']}{truth}: " + ", ".join(f"{name} {p:.3f}" for name, p in row["top"]))
+    m.write_json_atomic(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, rows)
+    return rows

@@ -1,0 +1,161 @@
+"""Bad input to train.py ends in one clear paragraph, a non-zero exit, no traceback, and nothing lost."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import lightning as L
+import pytest
+import torch
+from conftest import run_script
+from hydra.utils import instantiate
+
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.checks import StopOnDivergedLoss
+from fashion_mnist_softmax.data import raw_dir
+from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.training import train
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def assert_clear_failure(result, *phrases: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    for phrase in phrases:
+        assert phrase in " ".join(result.stderr.split()), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.batch_size=0",
+        "data.batch_size=-32",
+        "optim.lr=0",
+        "optim.lr=-0.1",
+        "data.val_size=-1",
+        "data.val_size=60000",
+        "trainer.max_epochs=0",
+        "trainer.max_epochs=-1",
+    ],
+)
+def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, override):
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=rf"^{key}=.* is not valid: it must be"):
+        train(tiny_cfg(override))
+    assert not (tmp_path / "data").exists(), "the data was prepared before the config was checked"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_invalid_config_value_through_train_py(tiny_train_args):
+    result = run_script("train.py", *tiny_train_args, "data.batch_size=0", env=ONE_THREAD)
+    assert result.returncode == 2
+    assert_clear_failure(result, "data.batch_size=0 is not valid", "at least 1")
+
+
+def test_unknown_impl_lists_the_choices(tiny_train_args):
+    result = run_script("train.py", *tiny_train_args, "impl=softmax", env=ONE_THREAD)
+    assert_clear_failure(result, "Could not find 'impl/softmax'", "concise", "scratch")
+
+
+def test_no_data_anywhere_says_how_to_get_it(tiny_train_args, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_script("train.py", *tiny_train_args, f"data.search_dirs=[{empty}]", env=ONE_THREAD)
+    assert result.returncode == 2
+    assert_clear_failure(result, "apt-get install dataset-fashion-mnist", "train-images-idx3-ubyte.gz")
+
+
+def test_truncated_archive_is_named_and_left_untouched(tiny_train_args, fake_archives, tmp_path):
+    archives = tmp_path / "archives"
+    shutil.copytree(fake_archives, archives)
+    broken = archives / "t10k-images-idx3-ubyte.gz"
+    broken.write_bytes(broken.read_bytes()[:5000])
+    before = broken.read_bytes()
+    result = run_script("train.py", *tiny_train_args, f"data.search_dirs=[{archives}]", env=ONE_THREAD)
+    assert result.returncode == 2
+    assert_clear_failure(result, str(broken), "truncated or corrupted")
+    assert broken.read_bytes() == before
+
+
+def test_corrupted_raw_file_is_named_and_left_untouched(tiny_cfg, tmp_path):
+    raw = raw_dir(tmp_path / "data")
+    raw.mkdir(parents=True)
+    labels = raw / "train-labels-idx1-ubyte"
+    labels.write_bytes(b"\x00\x00\x08\x03" + bytes(100))  # an image magic number in a label file
+    with pytest.raises(UserError, match=re.escape(str(labels))):
+        train(tiny_cfg())
+    assert labels.read_bytes() == b"\x00\x00\x08\x03" + bytes(100)
+
+
+def test_non_gzip_archive_is_named(tiny_cfg, fake_archives, tmp_path):
+    archives = tmp_path / "archives"
+    shutil.copytree(fake_archives, archives)
+    (archives / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte\.gz is truncated or corrupted"):
+        train(tiny_cfg(f"data.search_dirs=[{archives}]"))
+
+
+@pytest.mark.parametrize(("impl", "lr", "loss"), [("concise", "1e38", r"nan"), ("scratch", "1e30", r"[\d.]+e\+\d+")])
+def test_diverged_loss_stops_at_the_first_bad_step(tiny_cfg, tmp_path, impl, lr, loss):
+    with pytest.raises(UserError) as error:
+        train(tiny_cfg(f"impl={impl}", f"optim.lr={lr}"))
+    message = error.value.message
+    assert "non-finite loss" in message
+    assert re.search(rf"epoch 1, step 2: loss {loss}\.", message), message
+    assert "learning rate that is too high" in message
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt")), "a diverged model was saved"
+
+
+def test_diverged_loss_read_in_batches_still_names_the_first_bad_step(tiny_cfg):
+    """The accelerator path, which reads the losses every few steps, run on the CPU."""
+    cfg = tiny_cfg("optim.lr=1e38")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        callbacks=[StopOnDivergedLoss(check_every=4)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(UserError, match=r"epoch 1, step 2: loss nan"):
+        trainer.fit(instantiate(cfg.impl), datamodule=instantiate(cfg.data))
+    assert trainer.global_step == 4
+
+
+def test_training_into_another_runs_dir_is_refused(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.max_epochs=1"))
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in (run / "checkpoints").iterdir()} | {
+        run / m.METRICS_FILE: (run / m.METRICS_FILE).read_bytes()
+    }
+    with pytest.raises(UserError, match="already holds the checkpoints of another run"):
+        train(tiny_cfg("trainer.max_epochs=1"))
+    assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("problem", ["missing", "truncated", "foreign", "other impl"])
+def test_bad_resume_checkpoint_is_named(tiny_cfg, tmp_path, problem):
+    train(tiny_cfg("impl=scratch", "trainer.max_epochs=1"))
+    good = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    bad = tmp_path / "bad.ckpt"
+    if problem == "truncated":
+        bad.write_bytes(good.read_bytes()[:2000])
+    elif problem == "foreign":
+        bad.write_text("a text file, not a checkpoint")
+    elif problem == "other impl":
+        bad = good
+    impl = "concise" if problem == "other impl" else "scratch"
+    with pytest.raises(UserError, match=re.escape(str(bad))) as error:
+        train(tiny_cfg(f"impl={impl}", f"ckpt_path={bad}", "trainer.max_epochs=2"))
+    if problem == "other impl":
+        assert "holds a scratch model, but impl=concise" in error.value.message
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_diverged_loss_on_a_gpu_names_the_first_bad_step(tiny_cfg):
+    with pytest.raises(UserError, match=r"epoch 1, step 2: loss nan"):
+        train(tiny_cfg("optim.lr=1e38", "trainer.accelerator=gpu"))

@@ -1,0 +1,151 @@
+"""eval.py and predict.py on a real train.py run over synthetic data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_script, tiny_overrides
+from PIL import Image, ImageDraw
+
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.evaluation import evaluate
+from fashion_mnist_softmax.prediction import PREDICTIONS_FILE, predict, to_fashion_mnist
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-epoch scratch run made by train.py, with its .hydra config, checkpoints and metrics.json."""
+    root = tmp_path_factory.mktemp("trained")
+    run = root / "run"
+    args = [*tiny_overrides(fake_archives, root / "data", run), f"hydra.run.dir={run}", "impl=scratch"]
+    result = run_script("train.py", *args, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def product_photo(path: Path, size: tuple[int, int] = (120, 80)) -> Path:
+    """A dark, off-centre object on a white background, like a catalogue photo."""
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).rectangle([10, 20, 50, 70], fill=(30, 30, 30))
+    image.save(path)
+    return path
+
+
+def test_eval_py_reproduces_the_runs_test_accuracy(trained, tmp_path):
+    run_metrics = m.read_metrics(trained)
+    out = tmp_path / "eval"
+    result = run_script(
+        "eval.py", f"ckpt_path={run_metrics['test_ckpt']}", f"hydra.run.dir={out}", *QUIET, env=ONE_THREAD
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = m.read_metrics(out)
+    assert evaluated["impl"] == "scratch"
+    assert evaluated[m.TEST_ACC] == run_metrics[m.TEST_ACC]
+    assert evaluated[m.TEST_LOSS] == pytest.approx(run_metrics[m.TEST_LOSS], abs=1e-6)
+
+
+def test_eval_of_a_checkpoint_of_the_other_impl_is_refused(trained, compose_cfg, tmp_path):
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg([f"ckpt_path={ckpt}", "impl=concise", f"paths.output_dir={tmp_path}"], config_name="eval")
+    with pytest.raises(UserError, match=r"holds a scratch model, but impl=concise"):
+        evaluate(cfg)
+    assert not (tmp_path / m.METRICS_FILE).exists()
+
+
+def test_eval_py_with_a_missing_checkpoint_names_it(tmp_path):
+    missing = tmp_path / "nowhere" / "last.ckpt"
+    result = run_script("eval.py", f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'eval'}", env=ONE_THREAD)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"No checkpoint at {missing}" in " ".join(result.stderr.split())
+
+
+def test_eval_of_a_truncated_checkpoint_names_it(trained, compose_cfg, tmp_path):
+    truncated = tmp_path / "last.ckpt"
+    truncated.write_bytes((trained / "checkpoints" / "last.ckpt").read_bytes()[:3000])
+    cfg = compose_cfg([f"ckpt_path={truncated}", f"paths.output_dir={tmp_path}"], config_name="eval")
+    with pytest.raises(UserError, match=re.escape(f"The checkpoint {truncated} cannot be loaded")):
+        evaluate(cfg)
+
+
+def test_predict_py_labels_images_and_test_indices(trained, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    product_photo(photos / "a.png")
+    product_photo(photos / "b.jpg", size=(64, 96))
+    (photos / "notes.txt").write_text("not an image, and skipped: only image suffixes are read from a folder")
+    out = tmp_path / "predict"
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    args = [f"ckpt_path={ckpt}", f"images=[{photos}]", "indices=[0,1,2]", f"hydra.run.dir={out}"]
+    result = run_script("predict.py", *args, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / PREDICTIONS_FILE).read_text())
+    images = [str(photos / "a.png"), str(photos / "b.jpg")]
+    assert [row["source"] for row in rows] == [*images, "test[0]", "test[1]", "test[2]"]
+    for row in rows:
+        probs = [p for _, p in row["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        line = f"{row['source']}" + (f" (true: {row['true']})" if "true" in row else "")
+        assert line + f": {row['top'][0][0]} {probs[0]:.3f}" in result.stdout
+    indexed = rows[2:]
+    assert all(row["true"] == row["top"][0][0] for row in indexed), "a trained model should get these right"
+
+
+@pytest.mark.parametrize("problem", ["unreadable", "truncated png", "missing", "empty folder", "index"])
+def test_predict_bad_input_is_named(trained, compose_cfg, tmp_path, problem):
+    target = {
+        "unreadable": tmp_path / "notes.png",
+        "truncated png": tmp_path / "cut.png",
+        "missing": tmp_path / "missing.png",
+        "empty folder": tmp_path / "empty",
+    }.get(problem)
+    if problem == "unreadable":
+        target.write_text("text with an image suffix")
+    elif problem == "truncated png":
+        target.write_bytes(product_photo(tmp_path / "whole.png").read_bytes()[:80])
+    elif problem == "empty folder":
+        target.mkdir()
+    overrides = ["indices=[128]"] if problem == "index" else [f"images=[{target}]"]
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg([f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path}", *overrides], config_name="predict")
+    with pytest.raises(UserError, match="out of range" if problem == "index" else re.escape(str(target))):
+        predict(cfg)
+    assert not (tmp_path / PREDICTIONS_FILE).exists()
+
+
+def test_to_fashion_mnist_makes_a_light_centred_object_on_black():
+    photo = Image.new("RGB", (120, 80), "white")
+    ImageDraw.Draw(photo).rectangle([10, 20, 50, 70], fill=(30, 30, 30))  # 41 wide, 51 tall, off centre
+    pixels = to_fashion_mnist(photo)
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    rows, cols = np.nonzero(pixels > 128)
+    assert rows.min() == 0 and rows.max() == 27, "the longer side fills the frame"
+    assert abs((cols.min() + cols.max()) / 2 - 13.5) <= 1, "the object is centred"
+    assert pixels[:, 0].max() < 30 and pixels[:, -1].max() < 30, "the background is black"
+    already_dark = Image.fromarray(255 - np.asarray(photo.convert("L")))
+    assert np.abs(to_fashion_mnist(already_dark).astype(int) - pixels).max() <= 1, "light-on-dark is kept"
+
+
+@pytest.mark.parametrize(("app", "run"), [("eval", evaluate), ("predict", predict)])
+def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app, run):
+    cfg = compose_cfg([f"paths.output_dir={tmp_path}", "indices=[0]"][: 2 if app == "predict" else 1], config_name=app)
+    with pytest.raises(UserError, match=r"No checkpoint given: add ckpt_path="):
+        run(cfg)
+
+
+def test_eval_of_a_checkpoint_outside_its_run_dir_uses_the_given_data(trained, compose_cfg, fake_archives, tmp_path):
+    run_metrics = m.read_metrics(trained)
+    moved = tmp_path / "moved.ckpt"
+    moved.write_bytes(Path(run_metrics["test_ckpt"]).read_bytes())
+    data = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if o.startswith("data.")]
+    cfg = compose_cfg([f"ckpt_path={moved}", f"paths.output_dir={tmp_path}", *data, *QUIET], config_name="eval")
+    assert evaluate(cfg)[m.TEST_ACC] == run_metrics[m.TEST_ACC]
+    assert m.read_metrics(tmp_path)["ckpt_path"] == str(moved)
