@@ -8,7 +8,6 @@ import shutil
 import lightning as L
 import pytest
 import torch
-from conftest import run_script
 from hydra.utils import instantiate
 
 from fashion_mnist_softmax import metrics as m
@@ -16,6 +15,8 @@ from fashion_mnist_softmax.checks import StopOnDivergedLoss
 from fashion_mnist_softmax.data import raw_dir
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.training import train
+
+from conftest import run_script
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

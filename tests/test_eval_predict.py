@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_script, tiny_overrides
 from PIL import Image, ImageDraw
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.evaluation import evaluate
 from fashion_mnist_softmax.prediction import PREDICTIONS_FILE, predict, to_fashion_mnist
+
+from conftest import run_script, tiny_overrides
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]

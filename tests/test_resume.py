@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_mnist_softmax import metrics as m
+
+from conftest import ROOT, tiny_overrides
 
 # batch size 2: 224 steps an epoch, long enough to land a signal in the middle of the second one
 STEPS_PER_EPOCH = 224
