@@ -70,9 +70,8 @@ def case_seed(root: Path, epochs: int, impl: str) -> dict:
     b = torch.zeros(10, requires_grad=True)
 
     def net(X):
-        O = torch.mm(X.view((-1, 784)), W) + b
-        O_exp = O.exp()
-        return O_exp / O_exp.sum(dim=1, keepdim=True)
+        o_exp = (torch.mm(X.view((-1, 784)), W) + b).exp()
+        return o_exp / o_exp.sum(dim=1, keepdim=True)
 
     def loss(y_hat, y):
         return -torch.log(y_hat.gather(1, y.view(-1, 1)))
@@ -97,7 +96,8 @@ def case_seed(root: Path, epochs: int, impl: str) -> dict:
         epoch_s.append(time.perf_counter() - start)
         with torch.no_grad():
             test_acc = sum((net(X).argmax(dim=1) == y).float().sum().item() for X, y in test_iter) / len(mnist_test)
-        print(f"epoch {epoch + 1}, loss {train_l_sum / n:.4f}, train acc {train_acc_sum / n:.3f}, test acc {test_acc:.3f}")
+        loss_mean, acc = train_l_sum / n, train_acc_sum / n
+        print(f"epoch {epoch + 1}, loss {loss_mean:.4f}, train acc {acc:.3f}, test acc {test_acc:.3f}")
     return {"n_train": len(mnist_train), "epoch_s": epoch_s, "pass_s": pass_s, "import_s": import_s}
 
 
@@ -268,7 +268,8 @@ def bench(data_dir: Path, out: Path, epochs: int, impls: list[str], scales: list
         if analytic and impl == "scratch":
             variants.append(("project (scratch, analytic grad)", variants[0][1] + ["impl.analytic_grad=true"]))
         for name, overrides in variants:
-            proc, metrics = train_py(out, "-".join(name.replace(",", "").replace("(", "").replace(")", "").split()), root, *overrides)
+            run_name = "-".join(name.replace(",", "").replace("(", "").replace(")", "").split())
+            proc, metrics = train_py(out, run_name, root, *overrides)
             child = {"n_train": project_pass["n_train"], "epoch_s": [h["time_s"] for h in metrics["history"]]}
             rows.append(row(name, "project", impl, child, proc, project_pass["pass_s"]))
             rows[-1]["import_s"] = project_pass["import_s"]
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.case:
         args.json.write_text(json.dumps(CASES[args.case](args.root, args.epochs, args.impl)))
         return
-    if not all((args.data_dir / f"{name}.gz").is_file() for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
+    archives = [args.data_dir / f"{name}-ubyte.gz" for name in ("train-images-idx3", "t10k-images-idx3")]
+    if not all(path.is_file() for path in archives):
         sys.exit(f"bench: no Fashion-MNIST archives in {args.data_dir}; pass --data-dir with the four *-ubyte.gz files")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
