@@ -48,7 +48,7 @@ def run_measured(cmd: list[str], log: Path) -> dict:
 # ---- the cases, each run in its own process ----------------------------------------------------
 
 
-def case_seed(root: Path, epochs: int, impl: str) -> dict:
+def case_seed(root: Path, epochs: int, impl: str, data_dir: Path) -> dict:
     """The chapter's recipe: torchvision's FashionMNIST with ToTensor, DataLoader(num_workers=4), train_ch3."""
     start = time.perf_counter()
     import torch
@@ -101,7 +101,7 @@ def case_seed(root: Path, epochs: int, impl: str) -> dict:
     return {"n_train": len(mnist_train), "epoch_s": epoch_s, "pass_s": pass_s, "import_s": import_s}
 
 
-def case_plain(root: Path, epochs: int, impl: str) -> dict:
+def case_plain(root: Path, epochs: int, impl: str, data_dir: Path) -> dict:
     """A hand-written loop over in-memory uint8 tensors: one gather and one cast per batch, metrics per epoch."""
     start = time.perf_counter()
     import torch
@@ -166,8 +166,8 @@ def case_plain(root: Path, epochs: int, impl: str) -> dict:
     return {"n_train": n, "epoch_s": epoch_s, "pass_s": pass_s, "import_s": import_s}
 
 
-def case_project_pass(root: Path, epochs: int, impl: str) -> dict:
-    """The project's imports (what train.py loads) and a pass over its training DataLoader."""
+def case_project_pass(root: Path, epochs: int, impl: str, data_dir: Path) -> dict:
+    """The project's imports (what train.py loads), the data's extraction, and a pass over the training batches."""
     start = time.perf_counter()
     import hydra  # noqa: F401
 
@@ -175,7 +175,8 @@ def case_project_pass(root: Path, epochs: int, impl: str) -> dict:
     from fashion_mnist_softmax.data import FashionMNISTDataModule
 
     import_s = time.perf_counter() - start
-    dm = FashionMNISTDataModule(str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[], download=False)
+    dm = FashionMNISTDataModule(str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[data_dir], download=False)
+    dm.prepare_data()  # extracts the IDX files under root for every other pipeline
     dm.setup()
     passes = []
     for _ in range(3):
@@ -190,13 +191,6 @@ CASES = {"seed": case_seed, "plain": case_plain, "project-pass": case_project_pa
 
 
 # ---- the driver --------------------------------------------------------------------------------
-
-
-def prepare_raw(data_dir: Path, root: Path) -> None:
-    """Extract the four IDX files under ``root/FashionMNIST/raw``, outside any timing."""
-    from fashion_mnist_softmax.data import ensure_raw_files
-
-    ensure_raw_files(root, [str(data_dir)], download=False)
 
 
 def make_scaled(root: Path, scaled: Path, factor: int) -> int:
@@ -226,58 +220,77 @@ def train_py(out: Path, name: str, data_root: Path, *overrides: str) -> tuple[di
     return proc, json.loads((run_dir / "metrics.json").read_text())
 
 
-def row(name: str, pipeline: str, impl: str, child: dict, proc: dict, pass_s: float) -> dict:
-    epoch = median_epoch(child["epoch_s"])
+def row(name: str, pipeline: str, impl: str, runs: list[tuple[dict, dict]], pass_s: float) -> dict:
+    """One table row from one or more runs (process figures, child results) of one pipeline."""
+    procs, children = zip(*runs, strict=True)
+    epoch = statistics.median(t for c in children for t in (c["epoch_s"][1:] or c["epoch_s"]))
     return {
         "name": name,
         "pipeline": pipeline,
         "impl": impl,
         "epoch_s": epoch,
-        "epochs_s": child["epoch_s"],
-        "images_per_s": child["n_train"] / epoch,
+        "epochs_s": [c["epoch_s"] for c in children],
+        "images_per_s": children[0]["n_train"] / epoch,
         "pass_s": pass_s,
-        "peak_rss_mb": proc["peak_rss_mb"],
-        "process_s": proc["process_s"],
-        "import_s": child.get("import_s"),
+        "peak_rss_mb": max(p["peak_rss_mb"] for p in procs),
+        "process_s": statistics.median(p["process_s"] for p in procs),
+        "import_s": children[0].get("import_s"),
     }
 
 
-def run_child(out: Path, case: str, root: Path, epochs: int, impl: str) -> tuple[dict, dict]:
+def project_run(out: Path, name: str, root: Path, overrides: list[str], n_train: int) -> tuple[dict, dict]:
+    proc, metrics = train_py(out, name, root, *overrides)
+    return proc, {"epoch_s": [h["time_s"] for h in metrics["history"]], "n_train": n_train}
+
+
+def run_child(out: Path, case: str, root: Path, epochs: int, impl: str, data_dir: Path) -> tuple[dict, dict]:
     result = out / f"{case}-{impl}.json"
-    cmd = [sys.executable, __file__, "--case", case, "--root", str(root), "--epochs", str(epochs)]
-    proc = run_measured([*cmd, "--impl", impl, "--json", str(result)], out / f"{case}-{impl}.log")
+    cmd = [sys.executable, __file__, "--case", case, "--root", str(root), "--epochs", str(epochs), "--impl", impl]
+    proc = run_measured([*cmd, "--data-dir", str(data_dir), "--json", str(result)], out / f"{case}-{impl}.log")
     return proc, json.loads(result.read_text())
 
 
-def bench(data_dir: Path, out: Path, epochs: int, impls: list[str], scales: list[int], analytic: bool) -> dict:
+def bench(
+    data_dir: Path, out: Path, epochs: int, impls: list[str], scales: list[int], analytic: bool, repeats: int
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     root = out / "data"
-    prepare_raw(data_dir, root)
-    rows = []
 
-    proc, child = run_child(out, "seed", root, epochs, "scratch")
-    rows.append(row("seed pipeline (scratch)", "seed", "scratch", child, proc, child["pass_s"]))
-    seed = rows[0]
+    proc, project_pass = run_child(out, "project-pass", root, epochs, "concise", data_dir)
+    seed_run = run_child(out, "seed", root, epochs, "scratch", data_dir)
+    seed = row("seed pipeline (scratch)", "seed", "scratch", [seed_run], seed_run[1]["pass_s"])
+    n_train = project_pass["n_train"]
 
-    proc, project_pass = run_child(out, "project-pass", root, epochs, "concise")
+    pipelines = []  # (name, impl, train.py overrides); no overrides: the plain loop
     for impl in impls:
-        proc, child = run_child(out, "plain", root, epochs, impl)
-        rows.append(row(f"plain PyTorch loop ({impl})", "plain", impl, child, proc, child["pass_s"]))
-        plain = rows[-1]
-        variants = [(f"project ({impl})", [f"impl={impl}", f"trainer.max_epochs={epochs}"])]
+        overrides = [f"impl={impl}", f"trainer.max_epochs={epochs}"]
+        pipelines += [(f"plain PyTorch loop ({impl})", impl, None), (f"project ({impl})", impl, overrides)]
         if analytic and impl == "scratch":
-            variants.append(("project (scratch, analytic grad)", variants[0][1] + ["impl.analytic_grad=true"]))
-        for name, overrides in variants:
-            run_name = "-".join(name.replace(",", "").replace("(", "").replace(")", "").split())
-            proc, metrics = train_py(out, run_name, root, *overrides)
-            child = {"n_train": project_pass["n_train"], "epoch_s": [h["time_s"] for h in metrics["history"]]}
-            rows.append(row(name, "project", impl, child, proc, project_pass["pass_s"]))
-            rows[-1]["import_s"] = project_pass["import_s"]
-            rows[-1]["vs_plain"] = rows[-1]["epoch_s"] / plain["epoch_s"]
-            rows[-1]["speedup_vs_seed"] = seed["epoch_s"] / rows[-1]["epoch_s"]
-            rows[-1]["process_vs_seed"] = rows[-1]["process_s"] / seed["process_s"]
+            pipelines.append(("project (scratch, analytic grad)", impl, [*overrides, "impl.analytic_grad=true"]))
+
+    def run_once(name: str, impl: str, overrides: list[str] | None) -> tuple[dict, dict]:
+        if overrides is None:
+            return run_child(out, "plain", root, epochs, impl, data_dir)
+        slug = "-".join(name.replace(",", "").replace("(", "").replace(")", "").split())
+        return project_run(out, slug, root, overrides, n_train)
+
+    runs = {name: [] for name, _, _ in pipelines}
+    for _ in range(repeats):  # interleaved, so that a busy spell on a shared machine hits every pipeline alike
+        for name, impl, overrides in pipelines:
+            runs[name].append(run_once(name, impl, overrides))
+
+    rows = [seed]
+    for name, impl, overrides in pipelines:
+        if overrides is None:
+            rows.append(row(name, "plain", impl, runs[name], statistics.median(c["pass_s"] for _, c in runs[name])))
+            plain = rows[-1]
+            continue
+        rows.append(row(name, "project", impl, runs[name], project_pass["pass_s"]))
+        rows[-1]["import_s"] = project_pass["import_s"]
+        rows[-1]["vs_plain"] = rows[-1]["epoch_s"] / plain["epoch_s"]
+        rows[-1]["process_vs_seed"] = rows[-1]["process_s"] / seed["process_s"]
     for r in rows:
-        r.setdefault("speedup_vs_seed", seed["epoch_s"] / r["epoch_s"])
+        r["speedup_vs_seed"] = seed["epoch_s"] / r["epoch_s"]
 
     scale_rows = []
     for factor in scales:
@@ -306,6 +319,7 @@ def bench(data_dir: Path, out: Path, epochs: int, impls: list[str], scales: list
         },
         "data_dir": str(data_dir),
         "epochs": epochs,
+        "repeats": repeats,
         "batch_size": BATCH_SIZE,
         "rows": rows,
         "scale": scale_rows,
@@ -358,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     parser.add_argument("--scales", nargs="*", type=int, default=[1, 5, 10], help="training-set multiples")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each plain and project pipeline")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every pipeline; 0: torch's default")
     parser.add_argument("--no-analytic", dest="analytic", action="store_false", help="skip the analytic-grad row")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
@@ -366,14 +381,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
-        args.json.write_text(json.dumps(CASES[args.case](args.root, args.epochs, args.impl)))
+        args.json.write_text(json.dumps(CASES[args.case](args.root, args.epochs, args.impl, args.data_dir)))
         return
     archives = [args.data_dir / f"{name}-ubyte.gz" for name in ("train-images-idx3", "t10k-images-idx3")]
     if not all(path.is_file() for path in archives):
         sys.exit(f"bench: no Fashion-MNIST archives in {args.data_dir}; pass --data-dir with the four *-ubyte.gz files")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    results = bench(args.data_dir, args.out, args.epochs, args.impls, args.scales, args.analytic)
+    results = bench(args.data_dir, args.out, args.epochs, args.impls, args.scales, args.analytic, args.repeats)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (args.out / "bench.md").write_text(table)
