@@ -251,7 +251,14 @@ def run_child(out: Path, case: str, root: Path, epochs: int, impl: str, data_dir
 
 
 def bench(
-    data_dir: Path, out: Path, epochs: int, impls: list[str], scales: list[int], analytic: bool, repeats: int
+    data_dir: Path,
+    out: Path,
+    epochs: int,
+    impls: list[str],
+    scales: list[int],
+    analytic: bool,
+    repeats: int,
+    trainer: str = "cpu",
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     root = out / "data"
@@ -263,7 +270,7 @@ def bench(
 
     pipelines = []  # (name, impl, train.py overrides); no overrides: the plain loop
     for impl in impls:
-        overrides = [f"impl={impl}", f"trainer.max_epochs={epochs}"]
+        overrides = [f"impl={impl}", f"trainer={trainer}", f"trainer.max_epochs={epochs}"]
         pipelines += [(f"plain PyTorch loop ({impl})", impl, None), (f"project ({impl})", impl, overrides)]
         if analytic and impl == "scratch":
             pipelines.append(("project (scratch, analytic grad)", impl, [*overrides, "impl.analytic_grad=true"]))
@@ -296,7 +303,7 @@ def bench(
     for factor in scales:
         scaled = out / f"scale{factor}x"
         n = make_scaled(root, scaled, factor)
-        overrides = ["impl=concise", "trainer.max_epochs=3", "callbacks=none", "logger=csv"]
+        overrides = ["impl=concise", f"trainer={trainer}", "trainer.max_epochs=3", "callbacks=none", "logger=csv"]
         proc, metrics = train_py(out, f"scale{factor}x", scaled, *overrides)
         shutil.rmtree(scaled)
         epoch = median_epoch([h["time_s"] for h in metrics["history"]])
@@ -320,6 +327,7 @@ def bench(
         "data_dir": str(data_dir),
         "epochs": epochs,
         "repeats": repeats,
+        "trainer": trainer,
         "batch_size": BATCH_SIZE,
         "rows": rows,
         "scale": scale_rows,
@@ -372,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     parser.add_argument("--scales", nargs="*", type=int, default=[1, 5, 10], help="training-set multiples")
+    parser.add_argument("--trainer", choices=("cpu", "gpu", "default"), default="cpu", help="conf/trainer for train.py")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each plain and project pipeline")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every pipeline; 0: torch's default")
     parser.add_argument("--no-analytic", dest="analytic", action="store_false", help="skip the analytic-grad row")
@@ -388,7 +397,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"bench: no Fashion-MNIST archives in {args.data_dir}; pass --data-dir with the four *-ubyte.gz files")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    results = bench(args.data_dir, args.out, args.epochs, args.impls, args.scales, args.analytic, args.repeats)
+    results = bench(
+        args.data_dir, args.out, args.epochs, args.impls, args.scales, args.analytic, args.repeats, args.trainer
+    )
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (args.out / "bench.md").write_text(table)
