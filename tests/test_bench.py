@@ -87,7 +87,7 @@ def test_analytic_gradient_matches_autograd():
     assert torch.equal(SoftmaxCrossEntropy.apply(logits, y[:8]), cross_entropy(logits, y[:8]))
 
 
-def test_analytic_grad_flag_is_in_the_config_and_checkpoint(compose_cfg):
+def test_analytic_grad_flag_is_in_the_config_and_hparams(compose_cfg):
     cfg = compose_cfg(["impl=scratch", "impl.analytic_grad=true"])
     assert cfg.impl.analytic_grad is True
     model = ScratchSoftmaxRegression(SGD, analytic_grad=True)
