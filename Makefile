@@ -1,11 +1,11 @@
-# make install | train ARGS="impl=scratch" | test | lint | format | tensorboard | clean
+# make install | train ARGS="impl=scratch" | test | bench | lint | format | tensorboard | clean
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install train test lint format tensorboard clean
+.PHONY: install train test bench lint format tensorboard clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
+
+# Side-by-side epoch timings; writes benchmarks/results/bench.{json,md}. ARGS="--help" for the options.
+bench: install
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

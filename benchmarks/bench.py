@@ -1,0 +1,410 @@
+"""Side by side: the seed chapter's pipeline, a plain PyTorch loop, and this project's training.
+
+    make bench                        # the real Fashion-MNIST, 5 epochs, scaling runs at 1x, 5x, 10x
+    python benchmarks/bench.py --data-dir DIR --epochs 2 --scales 1 2   # any folder of the four .gz files
+
+Every pipeline runs in a process of its own, started by this script with ``--case``, so that its
+peak RSS (read from ``wait4``) and its process time, imports included, belong to it alone. An
+epoch's time is its training part (validation excluded, as in ``metrics.json``); the median skips
+the first epoch. Writes ``bench.json`` and ``bench.md`` into ``--out`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+BATCH_SIZE, LR = 256, 0.1
+IMPLS = ("scratch", "concise")
+
+
+def median_epoch(times: list[float]) -> float:
+    """The median epoch time, without the first epoch (warm-up) when there is more than one."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def run_measured(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` to completion; its wall time and its own peak RSS, which ``wait4`` reports per child."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
+    return {"process_s": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+# ---- the cases, each run in its own process ----------------------------------------------------
+
+
+def case_seed(root: Path, epochs: int, impl: str, data_dir: Path) -> dict:
+    """The chapter's recipe: torchvision's FashionMNIST with ToTensor, DataLoader(num_workers=4), train_ch3."""
+    start = time.perf_counter()
+    import torch
+    import torchvision
+    import torchvision.transforms as transforms
+
+    import_s = time.perf_counter() - start
+    mnist_train = torchvision.datasets.FashionMNIST(root=str(root), train=True, transform=transforms.ToTensor())
+    mnist_test = torchvision.datasets.FashionMNIST(root=str(root), train=False, transform=transforms.ToTensor())
+    train_iter = torch.utils.data.DataLoader(mnist_train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
+    test_iter = torch.utils.data.DataLoader(mnist_test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
+
+    start = time.perf_counter()
+    for _X, _y in train_iter:
+        continue
+    pass_s = time.perf_counter() - start
+
+    W = torch.normal(0, 0.01, (784, 10), requires_grad=True)
+    b = torch.zeros(10, requires_grad=True)
+
+    def net(X):
+        o_exp = (torch.mm(X.view((-1, 784)), W) + b).exp()
+        return o_exp / o_exp.sum(dim=1, keepdim=True)
+
+    def loss(y_hat, y):
+        return -torch.log(y_hat.gather(1, y.view(-1, 1)))
+
+    epoch_s = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        train_l_sum, train_acc_sum, n = 0.0, 0.0, 0
+        for X, y in train_iter:
+            y_hat = net(X)
+            l = loss(y_hat, y).sum()  # noqa: E741 (the chapter's name)
+            if W.grad is not None:
+                W.grad.zero_()
+                b.grad.zero_()
+            l.backward()
+            with torch.no_grad():
+                for p in (W, b):
+                    p -= LR * p.grad / BATCH_SIZE
+            train_l_sum += l.item()
+            train_acc_sum += (y_hat.argmax(dim=1) == y).sum().item()
+            n += y.shape[0]
+        epoch_s.append(time.perf_counter() - start)
+        with torch.no_grad():
+            test_acc = sum((net(X).argmax(dim=1) == y).float().sum().item() for X, y in test_iter) / len(mnist_test)
+        loss_mean, acc = train_l_sum / n, train_acc_sum / n
+        print(f"epoch {epoch + 1}, loss {loss_mean:.4f}, train acc {acc:.3f}, test acc {test_acc:.3f}")
+    return {"n_train": len(mnist_train), "epoch_s": epoch_s, "pass_s": pass_s, "import_s": import_s}
+
+
+def case_plain(root: Path, epochs: int, impl: str, data_dir: Path) -> dict:
+    """A hand-written loop over in-memory uint8 tensors: one gather and one cast per batch, metrics per epoch."""
+    start = time.perf_counter()
+    import torch
+    from torch import nn
+    from torchvision.datasets import FashionMNIST
+
+    import_s = time.perf_counter() - start
+    torch.manual_seed(0)
+    train, test = FashionMNIST(str(root), train=True), FashionMNIST(str(root), train=False)
+    images, labels = train.data, train.targets
+    n = len(labels)
+    if impl == "concise":
+        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        params = list(net.parameters())
+        nn.init.normal_(params[0], std=0.01)
+        nn.init.zeros_(params[1])
+        optimizer = torch.optim.SGD(params, lr=LR)
+        loss_fn = nn.functional.cross_entropy
+    else:
+        W, b = torch.normal(0, 0.01, (784, 10), requires_grad=True), torch.zeros(10, requires_grad=True)
+
+        def net(x):
+            return x.reshape(-1, 784) @ W + b
+
+        def loss_fn(o, y):
+            top = o.max(dim=1, keepdim=True).values
+            log_sum_exp = top.squeeze(1) + (o - top).exp().sum(dim=1).log()
+            return (log_sum_exp - o.gather(1, y.view(-1, 1)).squeeze(1)).mean()
+
+    def batches():
+        for idx in torch.randperm(n).split(BATCH_SIZE):
+            yield images.index_select(0, idx).unsqueeze(1).float().div_(255), labels.index_select(0, idx)
+
+    start = time.perf_counter()
+    for _x, _y in batches():
+        continue
+    pass_s = time.perf_counter() - start
+
+    epoch_s = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+        for x, y in batches():
+            o = net(x)
+            loss = loss_fn(o, y)
+            if impl == "concise":
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            else:
+                W.grad = b.grad = None
+                loss.backward()
+                with torch.no_grad():
+                    W.sub_(LR * W.grad)
+                    b.sub_(LR * b.grad)
+            loss_sum += loss.detach() * len(y)
+            correct += (o.detach().argmax(dim=1) == y).sum()
+        epoch_s.append(time.perf_counter() - start)
+        with torch.no_grad():
+            test_acc = (net(test.data.unsqueeze(1).float() / 255).argmax(dim=1) == test.targets).float().mean()
+        print(f"epoch {epoch + 1}, loss {loss_sum / n:.4f}, train acc {correct / n:.3f}, test acc {test_acc:.3f}")
+    return {"n_train": n, "epoch_s": epoch_s, "pass_s": pass_s, "import_s": import_s}
+
+
+def case_project_pass(root: Path, epochs: int, impl: str, data_dir: Path) -> dict:
+    """The project's imports (what train.py loads), the data's extraction, and a pass over the training batches."""
+    start = time.perf_counter()
+    import hydra  # noqa: F401
+
+    from fashion_mnist_softmax import training  # noqa: F401
+    from fashion_mnist_softmax.data import FashionMNISTDataModule
+
+    import_s = time.perf_counter() - start
+    dm = FashionMNISTDataModule(str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[data_dir], download=False)
+    dm.prepare_data()  # extracts the IDX files under root for every other pipeline
+    dm.setup()
+    passes = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _x, _y in dm.train_dataloader():
+            continue
+        passes.append(time.perf_counter() - start)
+    return {"n_train": len(dm.train_set), "pass_s": statistics.median(passes), "import_s": import_s}
+
+
+CASES = {"seed": case_seed, "plain": case_plain, "project-pass": case_project_pass}
+
+
+# ---- the driver --------------------------------------------------------------------------------
+
+
+def make_scaled(root: Path, scaled: Path, factor: int) -> int:
+    """A training set ``factor`` times larger: the training images repeated, written straight as raw IDX."""
+    src, dst = root / "FashionMNIST" / "raw", scaled / "FashionMNIST" / "raw"
+    dst.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for name, header_len in (("train-images-idx3-ubyte", 16), ("train-labels-idx1-ubyte", 8)):
+        data = (src / name).read_bytes()
+        n = int.from_bytes(data[4:8], "big")
+        with open(dst / name, "wb") as f:
+            f.write(data[:4] + (n * factor).to_bytes(4, "big") + data[8:header_len])
+            for _ in range(factor):
+                f.write(memoryview(data)[header_len:])
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copyfile(src / name, dst / name)
+    return n * factor
+
+
+def train_py(out: Path, name: str, data_root: Path, *overrides: str) -> tuple[dict, dict]:
+    """``python train.py experiment=d2l ...`` as a user runs it: its process figures and its metrics.json."""
+    run_dir = out / "runs" / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, "train.py", "experiment=d2l", f"hydra.run.dir={run_dir}", f"data.root={data_root}"]
+    cmd += ["data.search_dirs=[]", "data.download=false", "data.expected_sizes=null", *overrides]
+    proc = run_measured(cmd, out / f"{name}.log")
+    return proc, json.loads((run_dir / "metrics.json").read_text())
+
+
+def row(name: str, pipeline: str, impl: str, runs: list[tuple[dict, dict]], pass_s: float) -> dict:
+    """One table row from one or more runs (process figures, child results) of one pipeline."""
+    procs, children = zip(*runs, strict=True)
+    epoch = statistics.median(t for c in children for t in (c["epoch_s"][1:] or c["epoch_s"]))
+    return {
+        "name": name,
+        "pipeline": pipeline,
+        "impl": impl,
+        "epoch_s": epoch,
+        "epochs_s": [c["epoch_s"] for c in children],
+        "images_per_s": children[0]["n_train"] / epoch,
+        "pass_s": pass_s,
+        "peak_rss_mb": max(p["peak_rss_mb"] for p in procs),
+        "process_s": statistics.median(p["process_s"] for p in procs),
+        "import_s": children[0].get("import_s"),
+    }
+
+
+def project_run(out: Path, name: str, root: Path, overrides: list[str], n_train: int) -> tuple[dict, dict]:
+    proc, metrics = train_py(out, name, root, *overrides)
+    return proc, {"epoch_s": [h["time_s"] for h in metrics["history"]], "n_train": n_train}
+
+
+def run_child(out: Path, case: str, root: Path, epochs: int, impl: str, data_dir: Path) -> tuple[dict, dict]:
+    result = out / f"{case}-{impl}.json"
+    cmd = [sys.executable, __file__, "--case", case, "--root", str(root), "--epochs", str(epochs), "--impl", impl]
+    proc = run_measured([*cmd, "--data-dir", str(data_dir), "--json", str(result)], out / f"{case}-{impl}.log")
+    return proc, json.loads(result.read_text())
+
+
+def bench(
+    data_dir: Path,
+    out: Path,
+    epochs: int,
+    impls: list[str],
+    scales: list[int],
+    analytic: bool,
+    repeats: int,
+    trainer: str = "cpu",
+) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    root = out / "data"
+
+    proc, project_pass = run_child(out, "project-pass", root, epochs, "concise", data_dir)
+    seed_run = run_child(out, "seed", root, epochs, "scratch", data_dir)
+    seed = row("seed pipeline (scratch)", "seed", "scratch", [seed_run], seed_run[1]["pass_s"])
+    n_train = project_pass["n_train"]
+
+    pipelines = []  # (name, impl, train.py overrides); no overrides: the plain loop
+    for impl in impls:
+        overrides = [f"impl={impl}", f"trainer={trainer}", f"trainer.max_epochs={epochs}"]
+        pipelines += [(f"plain PyTorch loop ({impl})", impl, None), (f"project ({impl})", impl, overrides)]
+        if analytic and impl == "scratch":
+            pipelines.append(("project (scratch, analytic grad)", impl, [*overrides, "impl.analytic_grad=true"]))
+
+    def run_once(name: str, impl: str, overrides: list[str] | None) -> tuple[dict, dict]:
+        if overrides is None:
+            return run_child(out, "plain", root, epochs, impl, data_dir)
+        slug = "-".join(name.replace(",", "").replace("(", "").replace(")", "").split())
+        return project_run(out, slug, root, overrides, n_train)
+
+    runs = {name: [] for name, _, _ in pipelines}
+    for _ in range(repeats):  # interleaved, so that a busy spell on a shared machine hits every pipeline alike
+        for name, impl, overrides in pipelines:
+            runs[name].append(run_once(name, impl, overrides))
+
+    rows = [seed]
+    for name, impl, overrides in pipelines:
+        if overrides is None:
+            rows.append(row(name, "plain", impl, runs[name], statistics.median(c["pass_s"] for _, c in runs[name])))
+            plain = rows[-1]
+            continue
+        rows.append(row(name, "project", impl, runs[name], project_pass["pass_s"]))
+        rows[-1]["import_s"] = project_pass["import_s"]
+        rows[-1]["vs_plain"] = rows[-1]["epoch_s"] / plain["epoch_s"]
+        rows[-1]["process_vs_seed"] = rows[-1]["process_s"] / seed["process_s"]
+    for r in rows:
+        r["speedup_vs_seed"] = seed["epoch_s"] / r["epoch_s"]
+
+    scale_rows = []
+    for factor in scales:
+        scaled = out / f"scale{factor}x"
+        n = make_scaled(root, scaled, factor)
+        overrides = ["impl=concise", f"trainer={trainer}", "trainer.max_epochs=3", "callbacks=none", "logger=csv"]
+        proc, metrics = train_py(out, f"scale{factor}x", scaled, *overrides)
+        shutil.rmtree(scaled)
+        epoch = median_epoch([h["time_s"] for h in metrics["history"]])
+        scale_rows.append({"factor": factor, "n_train": n, "epoch_s": epoch, "peak_rss_mb": proc["peak_rss_mb"]})
+    if scale_rows:
+        base = scale_rows[0]
+        for s in scale_rows:
+            s["epoch_s_per_base"] = s["epoch_s"] / base["epoch_s"]
+            s["rss_growth_mb"] = s["peak_rss_mb"] - base["peak_rss_mb"]
+            s["uint8_growth_mb"] = (s["n_train"] - base["n_train"]) * 28 * 28 / 2**20
+
+    project = [r for r in rows if r["pipeline"] == "project"]
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "data_dir": str(data_dir),
+        "epochs": epochs,
+        "repeats": repeats,
+        "trainer": trainer,
+        "batch_size": BATCH_SIZE,
+        "rows": rows,
+        "scale": scale_rows,
+        "targets": {
+            "epoch <= 1.5x plain loop": all(r["vs_plain"] <= 1.5 for r in project),
+            "epoch >= 12x faster than seed": all(r["speedup_vs_seed"] >= 12 for r in project),
+            "pass over training data <= 0.1 s": project_pass["pass_s"] <= 0.1,
+            "train.py process <= 1/3 of seed's": all(r["process_vs_seed"] <= 1 / 3 for r in project),
+        },
+    }
+    return results
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown(results: dict) -> str:
+    """The side-by-side table, the scaling table and the targets, as markdown."""
+    lines = [
+        "| pipeline | epoch (median) | images/s | one pass over the data | peak RSS | process time | imports "
+        "| × plain loop | speed-up vs seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['epoch_s']:.3f} s | {r['images_per_s']:,.0f} | {r['pass_s']:.3f} s "
+            f"| {r['peak_rss_mb']:.0f} MB | {r['process_s']:.1f} s | {_f(r['import_s'], '.2f')} s "
+            f"| {_f(r.get('vs_plain'), '.2f')} | {r['speedup_vs_seed']:.1f}× |"
+        )
+    if results["scale"]:
+        lines += [
+            "",
+            "| training images | epoch (median) | × 1st row | peak RSS | RSS growth | uint8 size of the added images |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in results["scale"]:
+            lines.append(
+                f"| {s['n_train']:,} ({s['factor']}×) | {s['epoch_s']:.3f} s | {s['epoch_s_per_base']:.2f} "
+                f"| {s['peak_rss_mb']:.0f} MB | {s['rss_growth_mb']:.0f} MB | {s['uint8_growth_mb']:.0f} MB |"
+            )
+    lines += ["", *(f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in results["targets"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=REAL_DATA, help="a folder with the four *-ubyte.gz files")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    parser.add_argument("--scales", nargs="*", type=int, default=[1, 5, 10], help="training-set multiples")
+    parser.add_argument("--trainer", choices=("cpu", "gpu", "default"), default="cpu", help="conf/trainer for train.py")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each plain and project pipeline")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every pipeline; 0: torch's default")
+    parser.add_argument("--no-analytic", dest="analytic", action="store_false", help="skip the analytic-grad row")
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        args.json.write_text(json.dumps(CASES[args.case](args.root, args.epochs, args.impl, args.data_dir)))
+        return
+    archives = [args.data_dir / f"{name}-ubyte.gz" for name in ("train-images-idx3", "t10k-images-idx3")]
+    if not all(path.is_file() for path in archives):
+        sys.exit(f"bench: no Fashion-MNIST archives in {args.data_dir}; pass --data-dir with the four *-ubyte.gz files")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    results = bench(
+        args.data_dir, args.out, args.epochs, args.impls, args.scales, args.analytic, args.repeats, args.trainer
+    )
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "bench.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

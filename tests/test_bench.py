@@ -1,0 +1,158 @@
+"""`make bench` on synthetic data, the analytic gradient of the scratch loss, and the on-device data path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fashion_mnist_softmax.data import FashionMNISTDataModule, InMemoryFashionMNIST, ensure_raw_files
+from fashion_mnist_softmax.scratch import ScratchSoftmaxRegression, SoftmaxCrossEntropy, cross_entropy
+
+from conftest import ROOT
+
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_writes_json_and_table(fake_archives, tmp_path):
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--data-dir", str(fake_archives), "--out", str(out)]
+    cmd += ["--epochs", "2", "--impls", "concise", "--scales", "2", "--no-analytic"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    results = json.loads((out / "bench.json").read_text())
+    assert [r["name"] for r in results["rows"]] == [
+        "seed pipeline (scratch)",
+        "plain PyTorch loop (concise)",
+        "project (concise)",
+    ]
+    for r in results["rows"]:
+        assert len(r["epochs_s"]) == 1 and len(r["epochs_s"][0]) == 2 and r["epoch_s"] == r["epochs_s"][0][1]
+        assert r["images_per_s"] == pytest.approx(512 / r["epoch_s"])
+        assert r["pass_s"] > 0 and r["peak_rss_mb"] > 10 and r["process_s"] > r["epoch_s"]
+    project = results["rows"][2]
+    assert project["vs_plain"] == pytest.approx(project["epoch_s"] / results["rows"][1]["epoch_s"])
+    assert project["process_vs_seed"] == pytest.approx(project["process_s"] / results["rows"][0]["process_s"])
+    assert [(s["factor"], s["n_train"]) for s in results["scale"]] == [(2, 1024)]
+    assert results["scale"][0]["rss_growth_mb"] == results["scale"][0]["uint8_growth_mb"] == 0
+    assert set(results["targets"]) and all(isinstance(ok, bool) for ok in results["targets"].values())
+    assert not list(out.glob("scale*x/"))  # the scaled copies are removed
+
+    table = (out / "bench.md").read_text()
+    assert table in result.stdout
+    assert "| project (concise) |" in table and "| 1,024 (2×) |" in table
+
+
+def test_make_scaled_repeats_the_training_set(fake_archives, tmp_path):
+    bench = load_bench()
+    ensure_raw_files(tmp_path / "data", [str(fake_archives)], download=False)
+    assert bench.make_scaled(tmp_path / "data", tmp_path / "scaled", 3) == 3 * 512
+    dm = FashionMNISTDataModule(str(tmp_path / "scaled"), val_size=0, search_dirs=[], download=False)
+    dm.setup()
+    images, labels = dm.train_set.images, dm.train_set.labels
+    assert images.dtype == torch.uint8 and images.shape == (3 * 512, 28, 28)
+    assert torch.equal(images[:512], images[1024:]) and torch.equal(labels[:512], labels[512:1024])
+    assert len(dm.test_set) == 128
+
+
+def test_analytic_gradient_matches_autograd():
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28) * 40, torch.randint(0, 10, (64,))  # large logits: the shift matters
+    grads = []
+    for analytic in (False, True):
+        torch.manual_seed(1)
+        model = ScratchSoftmaxRegression(SGD, analytic_grad=analytic)
+        loss = model.loss(model(x), y)
+        loss.backward()
+        grads.append((loss.detach(), model.W.grad, model.b.grad))
+    (loss_a, dw_a, db_a), (loss_b, dw_b, db_b) = grads
+    assert torch.equal(loss_a, loss_b)
+    assert dw_a.abs().max() > 1e-3
+    torch.testing.assert_close(dw_b, dw_a)
+    torch.testing.assert_close(db_b, db_a)
+
+    logits = torch.randn(8, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(SoftmaxCrossEntropy.apply, (logits, torch.randint(0, 10, (8,))))
+    assert torch.equal(SoftmaxCrossEntropy.apply(logits, y[:8]), cross_entropy(logits, y[:8]))
+
+
+def test_analytic_grad_flag_is_in_the_config_and_hparams(compose_cfg):
+    cfg = compose_cfg(["impl=scratch", "impl.analytic_grad=true"])
+    assert cfg.impl.analytic_grad is True
+    model = ScratchSoftmaxRegression(SGD, analytic_grad=True)
+    assert model.hparams.analytic_grad is True
+    assert compose_cfg(["impl=scratch"]).impl.analytic_grad is False
+
+
+def test_batches_are_exact_on_any_device():
+    """The on-device path on CPU: ``to`` moves the set, index tensors follow it, values stay x/255."""
+    images, labels = torch.arange(10 * 28 * 28).remainder(256).to(torch.uint8).view(10, 28, 28), torch.arange(10)
+    ds = InMemoryFashionMNIST(images, labels)
+    index = torch.tensor([7, 2, 2])
+    x, y = ds[index]
+    assert x.shape == (3, 1, 28, 28) and torch.equal(y, labels[index])
+    assert torch.equal(x, images[index].unsqueeze(1).float() / 255)
+    x1, y1 = ds[7]
+    assert x1.shape == (1, 28, 28) and torch.equal(x1, x[0]) and int(y1) == 7
+
+    assert ds.to(torch.device("meta")) is ds
+    x, y = ds[index]
+    assert x.device.type == y.device.type == "meta" and x.shape == (3, 1, 28, 28)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_keeps_the_data_on_the_device(tiny_cfg):
+    from hydra.utils import instantiate
+
+    cfg = tiny_cfg("trainer.accelerator=gpu", "trainer.max_epochs=1")
+    dm, model = instantiate(cfg.data), instantiate(cfg.impl)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    assert dm.train_set.images.device.type == "cuda" and dm.train_set.images.dtype == torch.uint8
+    assert dm.val_set.labels.device.type == "cuda"
+    assert trainer.callback_metrics["train/acc"] > 0.3
+
+
+def test_training_with_analytic_grad_logs_whole_epoch_metrics(tiny_cfg, tmp_path):
+    """The metrics go to Lightning once per epoch, yet cover every batch: test/acc is the whole set's."""
+    from fashion_mnist_softmax.training import train
+
+    cfg = tiny_cfg("impl=scratch", "impl.analytic_grad=true", "test_ckpt=last")
+    metrics = train(cfg)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["test/acc"] > 0.5
+
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    model = ScratchSoftmaxRegression(SGD)
+    model.load_state_dict(state)
+    dm = FashionMNISTDataModule(cfg.data.root, val_size=64, search_dirs=[], download=False)
+    dm.setup()
+    x, y = dm.test_set[torch.arange(len(dm.test_set))]
+    with torch.no_grad():
+        expected = (model(x).argmax(dim=1) == y).float().mean().item()
+    assert metrics["test/acc"] == pytest.approx(expected, abs=1e-6)
+    assert len(dm.test_set) > cfg.data.batch_size  # more than one batch went into it
+
+
+def test_bench_refuses_a_folder_without_data(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--data-dir", str(tmp_path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "no Fashion-MNIST archives" in result.stderr
+    assert "Traceback" not in result.stderr
