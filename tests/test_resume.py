@@ -106,15 +106,18 @@ def interrupted(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -
     """SIGINT and SIGTERM, each sent to a run in the middle of its second epoch."""
     root = tmp_path_factory.mktemp("interrupt")
     sigs = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
-    args = {name: train_args(fake_archives, root, name, "trainer.max_epochs=5") for name in sigs}
+    # many epochs, so that a slow reader can never see a run finish before its signal lands
+    args = {name: train_args(fake_archives, root, name, "trainer.max_epochs=50") for name in sigs}
     procs = {name: start(args[name], root / f"{name}.log") for name in sigs}
-    result = {}
+    seen = {}
     for name, sig in sigs.items():
-        seen = wait_for_line(procs[name], "epoch 1,")
+        seen[name] = wait_for_line(procs[name], "epoch 1,")
         time.sleep(0.1)
         procs[name].send_signal(sig)
+    result = {}
+    for name in sigs:
         rc, out = finish(procs[name], root / f"{name}.log")
-        result[name] = (rc, seen + out, root / name)
+        result[name] = (rc, seen[name] + out, root / name)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Callbacks that make a run tell its story in TensorBoard: speed, figures and HParams.
+"""Callbacks that make a run tell its story in TensorBoard: figures and HParams.
 
 They are listed in ``conf/callbacks/inspection.yaml``. Figures go to every ``TensorBoardLogger``
 of the trainer and, as PNGs, to a folder, so they are there for people who never open TensorBoard.
@@ -7,7 +7,6 @@ of the trainer and, as PNGs, to a folder, so they are there for people who never
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from fashion_mnist_softmax import figures
 from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.callbacks import EpochSummary
 
 
 def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -33,36 +33,6 @@ def _first_items(dataset: torch.utils.data.Dataset, n: int) -> tuple[torch.Tenso
     return torch.stack(images), torch.stack([torch.as_tensor(y) for y in labels])
 
 
-class TrainingSpeed(L.Callback):
-    """Logs each epoch's training time (validation excluded) and its throughput in images/s.
-
-    The images are counted on the host from the batch shapes, so nothing waits for the device.
-    Under DDP the throughput counts the images of all ranks.
-    """
-
-    def __init__(self) -> None:
-        self._start, self._seconds, self._images = 0.0, None, 0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._seconds, self._images = time.perf_counter(), None, 0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._images += len(batch[1])
-
-    def _stop_clock(self) -> None:
-        if self._seconds is None:
-            self._seconds = time.perf_counter() - self._start
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training:
-            self._stop_clock()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_clock()
-        pl_module.log(m.TRAIN_EPOCH_TIME, self._seconds)
-        pl_module.log(m.TRAIN_THROUGHPUT, self._images * trainer.world_size / self._seconds)
-
-
 class Figures(L.Callback):
     """Draws the run's figures (:mod:`fashion_mnist_softmax.figures`) on rank 0.
 
@@ -73,8 +43,8 @@ class Figures(L.Callback):
       and the confusion matrix of the whole test set (``confusion``).
 
     Each is logged as a TensorBoard image and saved as ``<out_dir>/<name>.png`` (the weights
-    PNG shows the latest epoch). The per-epoch history is part of the checkpoint, so a resumed
-    run still draws every epoch.
+    PNG shows the latest epoch). The curves come from :class:`EpochSummary`'s history, which a
+    resumed run restores from its checkpoint.
 
     Args:
         out_dir: the folder for the PNGs, usually ``<run_dir>/figures``.
@@ -86,7 +56,6 @@ class Figures(L.Callback):
 
     def __init__(self, out_dir: str | Path, num_samples: int = 10, num_predictions: int = 20) -> None:
         self.out_dir, self.num_samples, self.num_predictions = Path(out_dir), num_samples, num_predictions
-        self.history: list[dict[str, float]] = []
         self._confusion: MulticlassConfusionMatrix | None = None
 
     def _publish(self, trainer: L.Trainer, name: str, fig: Figure, step: int = 0) -> None:
@@ -106,15 +75,14 @@ class Figures(L.Callback):
         if not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch + 1
-        found = trainer.callback_metrics
-        self.history.append({"epoch": epoch} | {k: float(found[k]) for k in self.curves if k in found})
         self._publish(trainer, m.WEIGHTS, figures.weights_figure(pl_module.weight_templates), step=epoch)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.history:
-            series = {k: [row.get(k, math.nan) for row in self.history] for k in self.curves}
-            fig = figures.curves_figure([row["epoch"] for row in self.history], series)
-            self._publish(trainer, m.CURVES, fig, step=self.history[-1]["epoch"])
+        history = next(c.history for c in trainer.callbacks if isinstance(c, EpochSummary))
+        if trainer.is_global_zero and history:
+            series = {k: [row.get(k, math.nan) for row in history] for k in self.curves}
+            fig = figures.curves_figure([row["epoch"] for row in history], series)
+            self._publish(trainer, m.CURVES, fig, step=history[-1]["epoch"])
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._confusion = MulticlassConfusionMatrix(pl_module.hparams.num_outputs).to(pl_module.device)
@@ -136,12 +104,6 @@ class Figures(L.Callback):
             predicted = pl_module(images.to(pl_module.device)).argmax(dim=1).cpu()
         fig = figures.predictions_figure(images, labels, predicted)
         self._publish(trainer, m.PREDICTIONS, fig, step=trainer.global_step)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
 
 
 class HParams(L.Callback):
