@@ -14,6 +14,7 @@ from sweep_runs import job_dirs, run_multirun
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.distributed import RANK_CONFIG_FILE
+from fashion_mnist_softmax.sweeps import SUMMARY_CSV
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
@@ -23,6 +24,10 @@ def _digests(stdout: str, job: Path) -> tuple[str, list[str]]:
     (job_digest,) = re.findall(rf"ddp job {re.escape(str(job))}: 2 ranks on this node, config (\w+)", stdout)
     rank_digests = re.findall(rf"ddp local rank \d of {re.escape(str(job))}: config (\w+)", stdout)
     return job_digest, rank_digests
+
+
+def _read_summary(sweep: Path) -> list[str]:
+    return (sweep / SUMMARY_CSV).read_text().splitlines()[1:]
 
 
 def _event_file_pids(job: Path) -> set[str]:
@@ -54,7 +59,10 @@ def test_ddp_multirun_trains_both_impls_with_synced_metrics(tmp_path: Path, fake
         assert abs(metrics[m.TEST_LOSS] - single[m.TEST_LOSS]) < 1e-5
 
 
-def test_ddp_inside_an_optuna_sweep_on_joblib_workers(tmp_path: Path, fake_archives: Path) -> None:
+def test_ddp_inside_an_optuna_sweep_on_parallel_joblib_workers_and_an_empty_data_root(
+    tmp_path: Path, fake_archives: Path
+) -> None:
+    assert not (tmp_path / "data").exists()
     search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
     sweep, result = run_multirun(
         tmp_path, fake_archives, *DDP, *search, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
@@ -72,6 +80,7 @@ def test_ddp_inside_an_optuna_sweep_on_joblib_workers(tmp_path: Path, fake_archi
         assert ran.optim.lr == float(sampled["optim.lr"]) and ran.optim.momentum == float(sampled["optim.momentum"])
         assert m.read_metrics(job)["hparams"]["optim"]["lr"] == ran.optim.lr
     assert len(digests) == 2
+    assert len(_read_summary(sweep)) == 2
 
 
 def test_multi_node_ddp_in_a_local_multirun_is_refused(tmp_path: Path, fake_archives: Path) -> None:

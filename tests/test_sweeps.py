@@ -91,15 +91,6 @@ def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> 
     assert len(_read_csv(second / SUMMARY_CSV)) == 2
 
 
-def test_joblib_parallel_jobs_on_an_empty_data_root(tmp_path: Path, fake_archives: Path) -> None:
-    assert not (tmp_path / "data").exists()
-    sweep, _ = run_multirun(
-        tmp_path, fake_archives, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "impl=scratch,concise"
-    )
-    assert sorted(m.read_metrics(j)["impl"] for j in job_dirs(sweep)) == ["concise", "scratch"]
-    assert len(_read_csv(sweep / SUMMARY_CSV)) == 2
-
-
 def test_submitit_local_launcher(tmp_path: Path, fake_archives: Path) -> None:
     sweep, _ = run_multirun(tmp_path, fake_archives, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5")
     (job,) = job_dirs(sweep)
