@@ -21,8 +21,8 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 def _digests(stdout: str, job: Path) -> tuple[str, list[str]]:
     """The config fingerprint the job printed, and the ones its ranks printed."""
-    (job_digest,) = re.findall(rf"ddp job {re.escape(str(job))}: 2 ranks on this node, config (\w+)", stdout)
-    rank_digests = re.findall(rf"ddp local rank \d of {re.escape(str(job))}: config (\w+)", stdout)
+    (job_digest,) = re.findall(rf"ddp job {re.escape(str(job))}: 2 ranks on this node, config ([0-9a-f]{{16}})", stdout)
+    rank_digests = re.findall(rf"ddp local rank \d of {re.escape(str(job))}: config ([0-9a-f]{{16}})", stdout)
     return job_digest, rank_digests
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
@@ -48,6 +49,11 @@ def launches_ranks(trainer: L.Trainer) -> bool:
 def config_digest(cfg: dict[str, Any]) -> str:
     """A short fingerprint of a resolved config, printed by the job and by every rank."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _say(line: str) -> None:
+    """Print a line in one write, so that lines from several ranks never interleave."""
+    print(line + "\n", end="", flush=True)
 
 
 def _in_multirun() -> bool:
@@ -81,7 +87,7 @@ def run_ranks(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     env.setdefault("MASTER_PORT", str(_free_port()))
     env.setdefault("NODE_RANK", "0")
     env["WORLD_SIZE"] = str(num_nodes * num_processes)
-    print(f"ddp job {run_dir}: {num_processes} ranks on this node, config {config_digest(resolved)}", flush=True)
+    _say(f"ddp job {run_dir}: {num_processes} ranks on this node, config {config_digest(resolved)}")
     command = [sys.executable, "-m", "fashion_mnist_softmax.distributed", str(config_file)]
     procs = [subprocess.Popen(command, env={**env, "LOCAL_RANK": str(r)}) for r in range(num_processes)]
     _wait_all(procs, run_dir)
@@ -92,15 +98,15 @@ def _wait_all(procs: list[subprocess.Popen], run_dir: Path) -> None:
     """Wait for every rank; if one fails, stop the others (they would hang in a collective)."""
     while None in (codes := [p.poll() for p in procs]) and not any(codes):
         time.sleep(0.2)
+    failed = [(rank, code) for rank, code in enumerate(codes) if code]  # before stopping the others
     for p in procs:
         if p.poll() is None:
             p.kill()
             p.wait()
-    for rank, p in enumerate(procs):
-        if p.returncode == 2:
+    for rank, code in failed:
+        if code == 2:
             raise UserError(f"DDP rank {rank} of {run_dir} stopped with the error printed above.")
-        if p.returncode != 0:
-            raise RuntimeError(f"DDP rank {rank} of {run_dir} failed with exit status {p.returncode}.")
+        raise RuntimeError(f"DDP rank {rank} of {run_dir} failed with exit status {code}.")
 
 
 def main(config_file: str) -> None:
@@ -110,8 +116,12 @@ def main(config_file: str) -> None:
 
     cfg = OmegaConf.load(config_file)
     digest = config_digest(OmegaConf.to_container(cfg))
-    print(f"ddp local rank {os.environ['LOCAL_RANK']} of {Path(config_file).parent}: config {digest}", flush=True)
-    friendly_errors(train)(cfg)
+    _say(f"ddp local rank {os.environ['LOCAL_RANK']} of {Path(config_file).parent}: config {digest}")
+    try:
+        friendly_errors(train)(cfg)
+    finally:  # a rank that exits with gloo's threads still running aborts ("terminate called ...")
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
