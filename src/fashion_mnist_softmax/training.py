@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from fashion_mnist_softmax import distributed
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.callbacks import EpochSummary
 from fashion_mnist_softmax.checks import SaveOnInterrupt, StopOnDivergedLoss, check_train_config
@@ -41,6 +42,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     guards = [StopOnDivergedLoss(), SaveOnInterrupt(run_dir / "checkpoints")]
     callbacks = [summary, *guards, checkpoint, last, *_instantiate_all(cfg.get("callbacks"))]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
+    if distributed.launches_ranks(trainer):
+        return distributed.run_ranks(cfg, trainer)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it

@@ -1,0 +1,92 @@
+"""DDP on CPU with gloo, inside multiruns: every rank runs its job's config, metrics sync across ranks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lightning as L
+import yaml
+from conftest import run_script, tiny_overrides
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+from sweep_runs import job_dirs, run_multirun
+
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.distributed import RANK_CONFIG_FILE
+from fashion_mnist_softmax.sweeps import SUMMARY_CSV
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def _digests(stdout: str, job: Path) -> tuple[str, list[str]]:
+    """The config fingerprint the job printed, and the ones its ranks printed."""
+    (job_digest,) = re.findall(rf"ddp job {re.escape(str(job))}: 2 ranks on this node, config ([0-9a-f]{{16}})", stdout)
+    rank_digests = re.findall(rf"ddp local rank \d of {re.escape(str(job))}: config ([0-9a-f]{{16}})", stdout)
+    return job_digest, rank_digests
+
+
+def _read_summary(sweep: Path) -> list[str]:
+    return (sweep / SUMMARY_CSV).read_text().splitlines()[1:]
+
+
+def _event_file_pids(job: Path) -> set[str]:
+    return {p.name.split(".")[-2] for p in job.rglob("events.out.tfevents.*")}
+
+
+def _test_in_one_process(job: Path) -> dict[str, float]:
+    """Test the checkpoint that the DDP job tested, in this process on all test images."""
+    cfg = OmegaConf.load(job / RANK_CONFIG_FILE)
+    model = get_class(cfg.impl._target_).load_from_checkpoint(m.read_metrics(job)["test_ckpt"], weights_only=True)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, use_distributed_sampler=False
+    )
+    return trainer.test(model, datamodule=instantiate(cfg.data), verbose=False)[0]
+
+
+def test_ddp_multirun_trains_both_impls_with_synced_metrics(tmp_path: Path, fake_archives: Path) -> None:
+    sweep, result = run_multirun(tmp_path, fake_archives, *DDP, "impl=scratch,concise")
+
+    jobs = job_dirs(sweep)
+    assert [m.read_metrics(j)["impl"] for j in jobs] == ["scratch", "concise"]
+    for job in jobs:
+        job_digest, rank_digests = _digests(result.stdout, job)
+        assert rank_digests == [job_digest, job_digest]
+        assert len(_event_file_pids(job)) == 1  # only rank 0 writes event files
+        metrics = m.read_metrics(job)
+        single = _test_in_one_process(job)
+        assert metrics[m.TEST_ACC] == single[m.TEST_ACC]
+        assert abs(metrics[m.TEST_LOSS] - single[m.TEST_LOSS]) < 1e-5
+
+
+def test_ddp_inside_an_optuna_sweep_on_parallel_joblib_workers_and_an_empty_data_root(
+    tmp_path: Path, fake_archives: Path
+) -> None:
+    assert not (tmp_path / "data").exists()
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
+    sweep, result = run_multirun(
+        tmp_path, fake_archives, *DDP, *search, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
+    )
+
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2
+    digests = set()
+    for job in jobs:
+        job_digest, rank_digests = _digests(result.stdout, job)
+        assert rank_digests == [job_digest, job_digest]
+        digests.add(job_digest)
+        sampled = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        ran = OmegaConf.load(job / RANK_CONFIG_FILE)
+        assert ran.optim.lr == float(sampled["optim.lr"]) and ran.optim.momentum == float(sampled["optim.momentum"])
+        assert m.read_metrics(job)["hparams"]["optim"]["lr"] == ran.optim.lr
+    assert len(digests) == 2
+    assert len(_read_summary(sweep)) == 2
+
+
+def test_multi_node_ddp_in_a_local_multirun_is_refused(tmp_path: Path, fake_archives: Path) -> None:
+    tiny = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.output")]
+    result = run_script("train.py", "-m", *tiny, *DDP, "trainer.num_nodes=2", f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.returncode == 2
+    assert "trainer.num_nodes=2 cannot run inside a multirun" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "logs").rglob(m.METRICS_FILE))

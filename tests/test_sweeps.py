@@ -1,0 +1,118 @@
+"""Multirun summaries, the resumable Optuna search, launchers and the tuned config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from sweep_runs import job_dirs, run_multirun
+
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.sweeps import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, write_summary
+from fashion_mnist_softmax.training import train
+
+
+def _overrides(job_dir: Path) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fake_job(sweep: Path, num: int, overrides: list[str], val: float, test: float) -> None:
+    (sweep / str(num) / ".hydra").mkdir(parents=True)
+    (sweep / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    metrics = {m.VAL_ACC_BEST: val, m.TEST_ACC: test, m.TEST_LOSS: 1 - test}
+    (sweep / str(num) / m.METRICS_FILE).write_text(json.dumps(metrics))
+
+
+def test_summary_sorts_jobs_and_aggregates_seeds(tmp_path: Path) -> None:
+    runs = [("0.1", "1", 0.80, 0.79), ("0.1", "2", 0.82, 0.80), ("0.3", "1", 0.85, 0.84), ("0.3", "2", 0.83, 0.81)]
+    for num, (lr, seed, val, test) in enumerate(runs):
+        _fake_job(tmp_path, num, ["impl=scratch", f"optim.lr={lr}", f"seed={seed}"], val, test)
+    (tmp_path / "4" / ".hydra").mkdir(parents=True)  # a job that crashed before writing metrics.json
+    (tmp_path / "4" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["impl=scratch", "optim.lr=1", "seed=1"]))
+
+    write_summary(tmp_path)
+
+    rows = _read_csv(tmp_path / SUMMARY_CSV)
+    assert [r["job"] for r in rows] == ["2", "3", "1", "0", "4"]
+    assert list(rows[0]) == ["job", "optim.lr", "seed", m.VAL_ACC_BEST, m.TEST_ACC, m.TEST_LOSS]
+    assert rows[-1][m.VAL_ACC_BEST] == ""
+    seeds = _read_csv(tmp_path / SEEDS_CSV)
+    assert [(r["optim.lr"], r["seeds"]) for r in seeds] == [("0.3", "2"), ("0.1", "2")]
+    assert float(seeds[0][f"{m.TEST_ACC} mean"]) == pytest.approx(statistics.fmean([0.84, 0.81]))
+    assert float(seeds[0][f"{m.TEST_ACC} std"]) == pytest.approx(statistics.stdev([0.84, 0.81]))
+    md = (tmp_path / SUMMARY_MD).read_text()
+    assert "`impl=scratch`" in md and "0.8250 ± 0.0212" in md and "failed" in md
+
+
+def test_multirun_gives_one_job_dir_per_job_and_a_summary(tmp_path: Path, fake_archives: Path) -> None:
+    sweep, _ = run_multirun(tmp_path, fake_archives, "impl=scratch,concise", "optim.lr=0.05,0.1")
+
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 4
+    rows = _read_csv(sweep / SUMMARY_CSV)
+    assert len(rows) == 4
+    vals = [float(r[m.VAL_ACC_BEST]) for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    for row in rows:
+        metrics = m.read_metrics(sweep / row["job"])
+        assert metrics["impl"] == row["impl"] == _overrides(sweep / row["job"])["impl"]
+        assert metrics["hparams"]["optim"]["lr"] == float(row["optim.lr"])
+        assert metrics[m.VAL_ACC_BEST] == pytest.approx(float(row[m.VAL_ACC_BEST]))
+    expected = {(impl, lr) for impl in ("scratch", "concise") for lr in ("0.05", "0.1")}
+    assert {(r["impl"], r["optim.lr"]) for r in rows} == expected
+    assert (sweep / SUMMARY_MD).is_file() and not (sweep / SEEDS_CSV).exists()
+
+
+def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}"]
+    search.append("hydra.sweeper.study_name=resume")
+    first, _ = run_multirun(tmp_path / "first", fake_archives, *search)
+    second, _ = run_multirun(tmp_path / "second", fake_archives, *search)
+
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    jobs = job_dirs(first) + job_dirs(second)
+    assert [t.value for t in study.trials] == [pytest.approx(m.read_metrics(j)[m.VAL_ACC_BEST]) for j in jobs]
+    for trial, job in zip(study.trials, jobs, strict=True):
+        assert m.read_metrics(job)["hparams"]["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
+    assert len(_read_csv(second / SUMMARY_CSV)) == 2
+
+
+def test_submitit_local_launcher(tmp_path: Path, fake_archives: Path) -> None:
+    sweep, _ = run_multirun(tmp_path, fake_archives, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5")
+    (job,) = job_dirs(sweep)
+    assert m.read_metrics(job)[m.TEST_ACC] > 0.5
+    assert list((sweep / ".submitit").rglob("*_result.pkl"))
+    assert len(_read_csv(sweep / SUMMARY_CSV)) == 1
+
+
+def test_submitit_slurm_launcher_composes_for_ddp() -> None:
+    overrides = ["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    overrides += ["hydra.launcher.partition=gpu", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node) == ("gpu", 2, 4)
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_tuned_experiment_is_a_linear_model_that_learns(tiny_cfg, impl: str) -> None:
+    cfg = tiny_cfg(f"impl={impl}", "experiment=tuned", "trainer.max_epochs=2")
+    assert cfg.scheduler is not None and cfg.data.normalize
+    metrics = train(cfg)
+    assert metrics["impl"] == impl
+    assert metrics[m.TEST_ACC] > 0.8
