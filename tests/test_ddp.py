@@ -7,7 +7,6 @@ from pathlib import Path
 
 import lightning as L
 import yaml
-from conftest import run_script, tiny_overrides
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from sweep_runs import job_dirs, run_multirun
@@ -15,6 +14,8 @@ from sweep_runs import job_dirs, run_multirun
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.distributed import RANK_CONFIG_FILE
 from fashion_mnist_softmax.sweeps import SUMMARY_CSV
+
+from conftest import run_script, tiny_overrides
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 

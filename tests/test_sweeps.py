@@ -10,13 +10,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from sweep_runs import job_dirs, run_multirun
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.sweeps import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, write_summary
 from fashion_mnist_softmax.training import train
+
+from conftest import ROOT
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
