@@ -13,7 +13,7 @@ import torch
 from fashion_mnist_softmax.data import FashionMNISTDataModule, InMemoryFashionMNIST, ensure_raw_files
 from fashion_mnist_softmax.scratch import ScratchSoftmaxRegression, SoftmaxCrossEntropy, cross_entropy
 
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
 
@@ -156,3 +156,16 @@ def test_bench_refuses_a_folder_without_data(tmp_path):
     )
     assert result.returncode != 0 and "no Fashion-MNIST archives" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ladder_prints_one_row_per_rung(fake_archives, tmp_path):
+    ensure_raw_files(tmp_path, [str(fake_archives)], download=False)
+    result = run_script("benchmarks/ladder.py", "--data-root", str(tmp_path), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and " s |" in line]
+    assert [r[0].strip() for r in rows][:3] == [
+        "plain PyTorch loop",
+        "bare LightningModule, manual optimization",
+        "bare LightningModule, automatic optimization",
+    ]
+    assert len(rows) == 6 and float(rows[0][2]) == 1.0 and all(float(r[1].strip(" s")) > 0 for r in rows)
