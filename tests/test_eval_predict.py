@@ -51,6 +51,8 @@ def test_eval_py_reproduces_the_runs_test_accuracy(trained, tmp_path):
     assert evaluated["impl"] == "scratch"
     assert evaluated[m.TEST_ACC] == run_metrics[m.TEST_ACC]
     assert evaluated[m.TEST_LOSS] == pytest.approx(run_metrics[m.TEST_LOSS], abs=1e-6)
+    for name in (m.CONFUSION, m.PREDICTIONS):
+        assert Image.open(out / "figures" / f"{name}.png").size[0] > 100
 
 
 def test_eval_of_a_checkpoint_of_the_other_impl_is_refused(trained, compose_cfg, tmp_path):

@@ -14,6 +14,7 @@ from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.base import SoftmaxRegression
 from fashion_mnist_softmax.checks import IMPLS, check_impl, given_ckpt_path, impl_name, load_checkpoint
 from fashion_mnist_softmax.data import FashionMNISTDataModule
+from fashion_mnist_softmax.inspection import Figures
 
 
 def load_model(ckpt_path: str | Path, impl: str | None = None) -> SoftmaxRegression:
@@ -50,10 +51,11 @@ def data_config(cfg: DictConfig) -> DictConfig:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test ``cfg.ckpt_path`` on the test set; write and return the metrics."""
+    """Test ``cfg.ckpt_path`` on the test set; write the metrics and the test figures; return the metrics."""
     model = load_model(given_ckpt_path(cfg), impl_name(cfg))
     datamodule: FashionMNISTDataModule = instantiate(data_config(cfg))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    figures = Figures(Path(cfg.paths.output_dir) / "figures")
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[figures])
     tested = trainer.test(model, datamodule=datamodule)[0]
     metrics = {
         "impl": model.name,
