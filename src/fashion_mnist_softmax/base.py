@@ -88,8 +88,8 @@ class SoftmaxRegression(L.LightningModule):
         mean_loss.update(loss.detach(), weight=y.numel())
         acc.update(logits.detach(), y)
         if batch_idx == 0:
-            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
-            self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "train")
+            self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -106,7 +106,7 @@ class SoftmaxRegression(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_acc.compute())
-        self.log(m.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True)
+        self.log(m.VAL_ACC_BEST, self.val_acc_best.compute())
 
     def configure_optimizers(self) -> Any:
         optimizer = self.make_optimizer()
