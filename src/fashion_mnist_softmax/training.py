@@ -47,7 +47,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
-    tested = trainer.test(model, datamodule=datamodule, ckpt_path=cfg.test_ckpt, weights_only=True)[0]
+    test_ckpt = {"best": checkpoint.best_model_path, "last": last.best_model_path}.get(cfg.test_ckpt, cfg.test_ckpt)
+    tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)[0]
 
     metrics = {
         "impl": model.name,
