@@ -150,6 +150,14 @@ def test_shuffle_depends_on_seed_and_epoch_only():
     assert sorted(order(1, 3).tolist()) == list(range(100))
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize(("n", "world_size"), [(100, 1), (101, 2), (7, 3)])
+def test_len_counts_the_batches_each_rank_gets(n, world_size, shuffle):
+    for rank in range(world_size):
+        sampler = EpochBatchSampler(n, 8, shuffle, 0, rank, world_size)
+        assert len(sampler) == len(list(sampler))
+
+
 def test_ranks_see_disjoint_shards():
     train = [torch.cat(list(EpochBatchSampler(101, 8, True, 0, rank, 2))) for rank in (0, 1)]
     assert len(train[0]) == len(train[1]) == 50 and not set(train[0].tolist()) & set(train[1].tolist())

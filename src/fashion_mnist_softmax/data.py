@@ -221,7 +221,8 @@ class EpochBatchSampler:
         yield from self._indices().split(self.batch_size)
 
     def __len__(self) -> int:
-        return -(-len(self._indices()) // self.batch_size)
+        per_rank = self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
+        return -(-per_rank // self.batch_size)
 
 
 def _take(t: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
