@@ -106,18 +106,16 @@ def interrupted(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -
     """SIGINT and SIGTERM, each sent to a run in the middle of its second epoch."""
     root = tmp_path_factory.mktemp("interrupt")
     sigs = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
-    # many epochs, so that a slow reader can never see a run finish before its signal lands
-    args = {name: train_args(fake_archives, root, name, "trainer.max_epochs=50") for name in sigs}
-    procs = {name: start(args[name], root / f"{name}.log") for name in sigs}
-    seen = {}
-    for name, sig in sigs.items():
-        seen[name] = wait_for_line(procs[name], "epoch 1,")
-        time.sleep(0.1)
-        procs[name].send_signal(sig)
+    # one run at a time, each signalled as soon as it prints its first epoch line; many epochs, so that
+    # no run can finish before its signal lands
     result = {}
-    for name in sigs:
-        rc, out = finish(procs[name], root / f"{name}.log")
-        result[name] = (rc, seen[name] + out, root / name)
+    for name, sig in sigs.items():
+        proc = start(train_args(fake_archives, root, name, "trainer.max_epochs=50"), root / f"{name}.log")
+        seen = wait_for_line(proc, "epoch 1,")
+        time.sleep(0.1)
+        proc.send_signal(sig)
+        rc, out = finish(proc, root / f"{name}.log")
+        result[name] = (rc, seen + out, root / name)
     return result
 
 
