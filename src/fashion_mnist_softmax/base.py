@@ -74,7 +74,9 @@ class SoftmaxRegression(L.LightningModule):
         """The ten learned 28×28-pixel class templates as a (10, 784) tensor."""
         raise NotImplementedError
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> torch.Tensor:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch: logits, loss, and the stage's metrics updated on the device, with no host sync.
 
         The metric objects accumulate every batch themselves; ``self.log`` only hands them to
@@ -90,10 +92,10 @@ class SoftmaxRegression(L.LightningModule):
         if batch_idx == 0:
             self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "train")
             self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        return loss
+        return loss, logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, batch_idx, "train")
+        loss, _ = self._step(batch, batch_idx, "train")
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes out
             self.log(m.TRAIN_LOSS_STEP, loss.detach(), on_step=True, on_epoch=False)
         return loss
@@ -101,8 +103,10 @@ class SoftmaxRegression(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, batch_idx, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, batch_idx, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Returns the predicted classes, for callbacks such as the confusion matrix."""
+        _, logits = self._step(batch, batch_idx, "test")
+        return logits.argmax(dim=1)
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_acc.compute())
