@@ -78,7 +78,9 @@ def plain(ds: InMemoryFashionMNIST) -> list[float]:
     return times
 
 
-def lightning_fit(ds: InMemoryFashionMNIST, model: L.LightningModule, layers: set[str], tmp: str) -> list[float]:
+def lightning_fit(
+    ds: InMemoryFashionMNIST, model: L.LightningModule, layers: set[str], tmp: str, batches_per_step: int | None = None
+) -> list[float]:
     clock = EpochClock()
     callbacks: list[L.Callback] = [clock]
     if "callbacks" in layers:
@@ -94,7 +96,8 @@ def lightning_fit(ds: InMemoryFashionMNIST, model: L.LightningModule, layers: se
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
-    loader = DataLoader(ds, batch_size=None, sampler=EpochBatchSampler(len(ds), BATCH_SIZE, shuffle=True))
+    sampler = EpochBatchSampler(len(ds), BATCH_SIZE, shuffle=True, batches_per_step=batches_per_step)
+    loader = DataLoader(ds, batch_size=None, sampler=sampler)
     trainer.fit(model, loader)
     return clock.times
 
@@ -104,7 +107,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data")
+    parser.add_argument("--batches-per-step", type=int, default=16, help="as data.batches_per_step")
     args = parser.parse_args()
+    chunk = args.batches_per_step
     images, labels = load_split(args.data_root, train=True)
     ds = InMemoryFashionMNIST(images, labels)
     optimizer = {"_target_": "torch.optim.SGD", "lr": LR}
@@ -113,16 +118,20 @@ def main() -> None:
         ("bare LightningModule, manual optimization", lambda tmp: lightning_fit(ds, Bare(manual=True), set(), tmp)),
         ("bare LightningModule, automatic optimization", lambda tmp: lightning_fit(ds, Bare(), set(), tmp)),
         (
-            "+ the project's module (torchmetrics)",
-            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), set(), tmp),
+            "the project's module, 1 minibatch per step (manual optimization, torchmetrics)",
+            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), set(), tmp, batches_per_step=1),
+        ),
+        (
+            f"the project's module, {chunk} minibatches per step",
+            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), set(), tmp, batches_per_step=chunk),
         ),
         (
             "+ the project's callbacks (summary, guards, 2 checkpoints)",
-            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), {"callbacks"}, tmp),
+            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), {"callbacks"}, tmp, chunk),
         ),
         (
             "+ TensorBoard logger",
-            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), {"callbacks", "logger"}, tmp),
+            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), {"callbacks", "logger"}, tmp, chunk),
         ),
     ]
     print("| rung | epoch (median) | × plain loop |\n|---|---|---|")

@@ -110,8 +110,8 @@ def test_diverged_loss_stops_at_the_first_bad_step(tiny_cfg, tmp_path, impl, lr,
 
 
 def test_diverged_loss_read_in_batches_still_names_the_first_bad_step(tiny_cfg):
-    """The accelerator path, which reads the losses every few steps, run on the CPU."""
-    cfg = tiny_cfg("optim.lr=1e38")
+    """The accelerator path, which reads the losses every few training steps, run on the CPU."""
+    cfg = tiny_cfg("optim.lr=1e38", "data.batches_per_step=1")
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,

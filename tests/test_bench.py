@@ -168,4 +168,4 @@ def test_ladder_prints_one_row_per_rung(fake_archives, tmp_path):
         "bare LightningModule, manual optimization",
         "bare LightningModule, automatic optimization",
     ]
-    assert len(rows) == 6 and float(rows[0][2]) == 1.0 and all(float(r[1].strip(" s")) > 0 for r in rows)
+    assert len(rows) == 7 and float(rows[0][2]) == 1.0 and all(float(r[1].strip(" s")) > 0 for r in rows)

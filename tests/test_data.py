@@ -150,12 +150,36 @@ def test_shuffle_depends_on_seed_and_epoch_only():
     assert sorted(order(1, 3).tolist()) == list(range(100))
 
 
+@pytest.mark.parametrize("batches_per_step", [None, 1, 3, 100])
 @pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize(("n", "world_size"), [(100, 1), (101, 2), (7, 3)])
-def test_len_counts_the_batches_each_rank_gets(n, world_size, shuffle):
+@pytest.mark.parametrize(("n", "world_size"), [(100, 1), (101, 2), (7, 3), (96, 1)])
+def test_len_counts_the_batches_each_rank_gets(n, world_size, shuffle, batches_per_step):
     for rank in range(world_size):
-        sampler = EpochBatchSampler(n, 8, shuffle, 0, rank, world_size)
+        sampler = EpochBatchSampler(n, 8, shuffle, 0, rank, world_size, batches_per_step)
         assert len(sampler) == len(list(sampler))
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(100, 1), (101, 2), (96, 1), (5, 1)])
+def test_steps_stack_the_same_batches_in_the_same_order(n, world_size):
+    """(k, batch) index chunks hold exactly the plain batches; a smaller last batch comes alone."""
+    for rank in range(world_size):
+        plain = EpochBatchSampler(n, 8, True, 3, rank, world_size)
+        chunked = EpochBatchSampler(n, 8, True, 3, rank, world_size, batches_per_step=3)
+        plain.set_epoch(2), chunked.set_epoch(2)
+        steps = list(chunked)
+        assert all(s.dim() == 2 and 1 <= len(s) <= 3 for s in steps)
+        assert [b.tolist() for step in steps for b in step] == [b.tolist() for b in plain]
+        assert all(s.shape[1] == 8 for s in steps[:-1])
+
+
+def test_a_step_of_batches_is_one_stacked_tensor(fake_archives, tmp_path):
+    dm = datamodule(fake_archives, tmp_path, batches_per_step=4)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 32, 1, 28, 28) and labels.shape == (4, 32)
+    x, y = dm.train_set[EpochBatchSampler(len(dm.train_set), 32, True, dm.shuffle_seed)._indices()[32:64]]
+    assert torch.equal(images[1], x) and torch.equal(labels[1], y)
+    assert next(iter(dm.val_dataloader()))[0].shape == (32, 1, 28, 28)  # evaluation keeps plain batches
 
 
 def test_ranks_see_disjoint_shards():

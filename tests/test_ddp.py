@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
@@ -91,3 +92,20 @@ def test_multi_node_ddp_in_a_local_multirun_is_refused(tmp_path: Path, fake_arch
     assert "trainer.num_nodes=2 cannot run inside a multirun" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "logs").rglob(m.METRICS_FILE))
+
+
+def test_ddp_syncs_every_sgd_step_of_a_training_step(tmp_path: Path, fake_archives: Path) -> None:
+    """Several minibatches per training step, each all-reduced: 2 ranks at batch 32 take the steps
+    of one process at batch 64, whose minibatches are the union of the ranks' (the same shuffle)."""
+    weights = {}
+    for name, extra in {"ddp": [*DDP, "data.batch_size=32"], "one": ["data.batch_size=64"]}.items():
+        out = tmp_path / name
+        args = [*tiny_overrides(fake_archives, tmp_path / "data", out), f"hydra.run.dir={out}", *extra]
+        result = run_script("train.py", *args, "impl=concise", "data.batches_per_step=4")
+        assert result.returncode == 0, result.stderr[-3000:]
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 2 * 7  # 448 training images: 7 minibatches per epoch, in 2 training steps
+        weights[name] = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    assert weights["ddp"].keys() == weights["one"].keys() and weights["one"]
+    for key, value in weights["one"].items():
+        torch.testing.assert_close(weights["ddp"][key], value, rtol=0, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import pytest
 import torch
@@ -9,6 +11,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.callbacks import EpochSummary
 from fashion_mnist_softmax.concise import ConciseSoftmaxRegression
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.scratch import SGD, ScratchSoftmaxRegression, accuracy, cross_entropy, sgd, softmax
@@ -90,8 +94,8 @@ def test_concise_optimizer_and_scheduler_come_from_config(tiny_cfg):
     model = instantiate(cfg.impl)
     conf = model.configure_optimizers()
     assert isinstance(conf["optimizer"], torch.optim.Adam)
-    assert isinstance(conf["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
-    assert conf["lr_scheduler"]["scheduler"].T_max == cfg.trainer.max_epochs
+    assert isinstance(conf["lr_scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert conf["lr_scheduler"].T_max == cfg.trainer.max_epochs
 
 
 @pytest.mark.parametrize("extra", [[], ["optim.momentum=0.9", "optim.weight_decay=0.001", "scheduler=cosine"]])
@@ -104,3 +108,53 @@ def test_scratch_and_concise_train_alike_epoch_by_epoch(tiny_cfg, tmp_path, extr
     for a, b in zip(histories["scratch"], histories["concise"], strict=True):
         for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
             assert a[key] == pytest.approx(b[key], abs=1e-4), key
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_minibatches_per_training_step_change_nothing_but_speed(tiny_cfg, tmp_path, impl):
+    """The same SGD steps on the same minibatches, whether Lightning sees them one or several at a time."""
+    runs = {}
+    for k in (1, 4):
+        out = tmp_path / f"k{k}"
+        cfg = tiny_cfg(f"impl={impl}", f"paths.output_dir={out}", f"data.batches_per_step={k}", "scheduler=cosine")
+        history = [{key: v for key, v in row.items() if key != m.EPOCH_TIME} for row in train(cfg)["history"]]
+        runs[k] = history, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    (history_1, ckpt_1), (history_4, ckpt_4) = runs[1], runs[4]
+    assert history_1 == history_4
+    assert ckpt_1["global_step"] == ckpt_4["global_step"] == 2 * 14  # optimizer steps: 14 minibatches per epoch
+    for name, value in ckpt_1["state_dict"].items():
+        assert torch.equal(ckpt_4["state_dict"][name], value), name
+
+
+QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+class LearningRates(L.Callback):
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_the_scheduler_steps_once_per_epoch(tiny_cfg):
+    cfg = tiny_cfg("impl=concise", "scheduler=cosine", "optim.lr=0.1", "trainer.max_epochs=3")
+    rates = LearningRates()
+    trainer = L.Trainer(max_epochs=3, callbacks=[rates], **QUIET)
+    trainer.fit(instantiate(cfg.impl), datamodule=instantiate(cfg.data))
+    assert rates.seen == pytest.approx([0.1, 0.075, 0.025])  # 0.1 * (1 + cos(pi * epoch / 3)) / 2
+
+
+class SlowValidation(L.Callback):
+    def on_validation_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(0.1)
+
+
+def test_epoch_time_leaves_validation_out(tiny_cfg):
+    cfg = tiny_cfg("impl=concise", "trainer.max_epochs=1")  # 64 validation images: 2 batches, 0.2 s of sleep
+    summary = EpochSummary()
+    trainer = L.Trainer(max_epochs=1, callbacks=[summary, SlowValidation()], **QUIET)
+    start = time.perf_counter()
+    trainer.fit(instantiate(cfg.impl), datamodule=instantiate(cfg.data))
+    assert time.perf_counter() - start > 0.2
+    assert 0 < summary.history[0]["time_s"] < 0.2

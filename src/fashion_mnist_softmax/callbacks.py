@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from fashion_mnist_softmax import metrics as m
 
@@ -28,14 +29,14 @@ class EpochSummary(L.Callback):
         self._start, self._images, self._train_time = time.perf_counter(), 0, None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._images += len(batch[1])
+        self._images += batch[1].numel()
 
     def _stop_clock(self) -> None:
         if self._train_time is None:
             self._train_time = time.perf_counter() - self._start
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training:
+        if trainer.state.fn == TrainerFn.FITTING:  # not trainer.training: that is False while validating
             self._stop_clock()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -142,10 +142,10 @@ class StopOnDivergedLoss(L.Callback):
     a long while after training has diverged (``optim.lr=1e30`` gives losses near 1e31), so a loss
     above ``max_loss`` stops the run too. Either way the run stops before that epoch's checkpoints.
 
-    Reading a loss on the host makes the host wait for the device. On the CPU that costs under a
-    microsecond, so every step is checked at once. On an accelerator the losses stay on the device
-    and are read together every ``check_every`` (50) steps and at each epoch's last batch; the
-    error still names the first bad step.
+    Reading losses on the host makes the host wait for the device. On the CPU that costs under a
+    microsecond, so each training step's losses are checked at once. On an accelerator they stay on
+    the device and are read together every ``check_every`` (50) training steps and at each epoch's
+    last batch. Either way the error names the first bad SGD step (``global_step`` counts from 1).
     """
 
     def __init__(self, max_loss: float = 1e6, check_every: int | None = None) -> None:
@@ -158,20 +158,17 @@ class StopOnDivergedLoss(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
-        every = self.check_every or (1 if loss.device.type == "cpu" else 50)
-        if every == 1:
-            if not abs(float(loss)) <= self.max_loss:  # NaN fails every comparison
-                self._stop(trainer, batch_idx + 1, float(loss))
-            return
-        self._losses.append(loss)
+        """``outputs`` holds the loss of each SGD step that the training step took."""
+        losses = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().reshape(-1)
+        self._losses.append(losses)
+        every = self.check_every or (1 if losses.device.type == "cpu" else 50)
         if len(self._losses) < every and not trainer.is_last_batch:
             return
-        losses, self._losses = torch.stack(self._losses).float().cpu(), []
-        bad = (~(losses.abs() <= self.max_loss)).nonzero()
+        losses, self._losses = torch.cat(self._losses).float().cpu(), []
+        bad = (~(losses.abs() <= self.max_loss)).nonzero()  # NaN fails every comparison
         if len(bad):
             first = int(bad[0])
-            self._stop(trainer, batch_idx + 2 - len(losses) + first, float(losses[first]))
+            self._stop(trainer, trainer.global_step - len(losses) + first + 1, float(losses[first]))
 
     def _stop(self, trainer: L.Trainer, step: int, loss: float) -> None:
         lr = trainer.optimizers[0].param_groups[0]["lr"]

@@ -198,13 +198,25 @@ class EpochBatchSampler:
     also after a resume. Lightning calls ``set_epoch`` at the start of each epoch. Under DDP each
     rank takes every ``world_size``-th index; training drops the tail so that all ranks run the
     same number of steps, evaluation keeps every index exactly once.
+
+    With ``batches_per_step=k`` it yields (k, batch_size) index tensors instead: k consecutive
+    batches of the same order, which one training step runs as k SGD steps. A smaller last batch
+    comes alone, as a (1, n) tensor.
     """
 
     def __init__(
-        self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        batches_per_step: int | None = None,
     ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.batches_per_step = batches_per_step
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -218,22 +230,36 @@ class EpochBatchSampler:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         # lazily: Lightning creates the first epoch's iterator before it calls set_epoch, which matters on resume
-        yield from self._indices().split(self.batch_size)
+        indices = self._indices()
+        if self.batches_per_step is None:
+            yield from indices.split(self.batch_size)
+            return
+        full = len(indices) // self.batch_size * self.batch_size
+        if full:
+            yield from indices[:full].view(-1, self.batch_size).split(self.batches_per_step)
+        if full < len(indices):
+            yield indices[full:].unsqueeze(0)
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size if self.shuffle else len(range(self.rank, self.n, self.world_size))
-        return -(-per_rank // self.batch_size)
+        if self.batches_per_step is None:
+            return -(-per_rank // self.batch_size)
+        full, tail = divmod(per_rank, self.batch_size)
+        return -(-full // self.batches_per_step) + (tail > 0)
 
 
 def _take(t: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
-    """``t[index]``, through ``index_select`` for a 1-D index tensor: it gathers a batch several times faster."""
-    if isinstance(index, torch.Tensor) and index.dim() == 1:
-        return t.index_select(0, index.to(t.device))
+    """``t[index]``, through ``index_select`` for an index tensor: it gathers a batch several times faster."""
+    if isinstance(index, torch.Tensor) and index.dim() >= 1:
+        return t.index_select(0, index.flatten().to(t.device)).view(*index.shape, *t.shape[1:])
     return t[index]
 
 
 class InMemoryFashionMNIST(torch.utils.data.Dataset):
-    """Images held as one uint8 tensor; ``ds[index_tensor]`` returns a whole float batch."""
+    """Images held as one uint8 tensor; ``ds[index_tensor]`` returns a whole float batch.
+
+    An index of shape S gives images of shape (*S, 1, 28, 28) and labels of shape S.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float = 0.0, std: float = 1.0) -> None:
         self.images, self.labels, self.mean, self.std = images, labels, mean, std
@@ -257,12 +283,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
     """Fashion-MNIST with a seeded validation hold-out and in-memory batches.
 
     ``val_size=0`` is the chapter's setting: no hold-out, and validation runs on the test set.
+    The training loader yields ``batches_per_step`` minibatches at a time, stacked as
+    (k, batch_size, 1, 28, 28) images and (k, batch_size) labels; the model takes one SGD step on
+    each (see ``SoftmaxRegression.training_step``). The evaluation loaders yield plain batches.
     """
 
     def __init__(
         self,
         root: str = "data",
         batch_size: int = 256,
+        batches_per_step: int = 16,
         val_size: int = 5000,
         split_seed: int = 0,
         shuffle_seed: int = 0,
@@ -275,6 +305,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root, self.batch_size, self.val_size = Path(root), batch_size, val_size
+        self.batches_per_step = batches_per_step
         self.split_seed, self.shuffle_seed, self.normalize = split_seed, shuffle_seed, normalize
         self.num_workers, self.search_dirs = num_workers, list(search_dirs)
         self.download, self.download_timeout = download, download_timeout
@@ -308,16 +339,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
             InMemoryFashionMNIST(images[val_idx], labels[val_idx], mean, std) if self.val_size else self.test_set
         )
 
-    def _loader(self, ds: InMemoryFashionMNIST, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: InMemoryFashionMNIST, shuffle: bool, batches_per_step: int | None = None) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if trainer is not None:
             ds.to(trainer.strategy.root_device)  # on a GPU: one transfer of the whole set, no per-batch copies
-        sampler = EpochBatchSampler(len(ds), self.batch_size, shuffle, self.shuffle_seed, rank, world)
+        sampler = EpochBatchSampler(len(ds), self.batch_size, shuffle, self.shuffle_seed, rank, world, batches_per_step)
         return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, batches_per_step=self.batches_per_step)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
