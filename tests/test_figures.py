@@ -38,6 +38,21 @@ def test_weights_share_one_colour_scale_centred_at_zero():
     assert limits == {(-7.0, 7.0)}
 
 
+def test_weights_redrawn_in_place_keep_their_layout():
+    fig = figures.weights_figure(torch.randn(10, 784))
+    figures.render(fig)
+    positions = [ax.get_position().bounds for ax in fig.axes]
+    templates = torch.randn(10, 784)
+    templates[5, 7] = 11.0
+    assert figures.weights_figure(templates, fig=fig) is fig
+    image = figures.render(fig)
+    assert [ax.get_position().bounds for ax in fig.axes] == positions
+    shown = [ax.images[0] for ax in fig.axes if ax.images]
+    assert {im.get_clim() for im in shown} == {(-11.0, 11.0)}
+    assert np.array_equal(shown[5].get_array(), templates[5].reshape(28, 28).numpy())
+    assert image.shape == (400, 900, 3)
+
+
 def test_confusion_shows_counts_rates_and_per_class_accuracy():
     confusion = torch.diag(torch.full((10,), 90)) + 1
     fig = figures.confusion_figure(confusion)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -52,20 +53,33 @@ def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: to
     return fig
 
 
-def weights_figure(templates: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES) -> Figure:
+def weights_figure(
+    templates: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES, fig: Figure | None = None
+) -> Figure:
     """The ten (784,) weight templates as 28×28 images on one colour scale centred at 0.
 
-    Red pixels raise a class's score, blue ones lower it.
+    Red pixels raise a class's score, blue ones lower it. Given the ``fig`` of an earlier call, it
+    redraws that figure in place: only the pixels and the colour scale change, and the layout,
+    which costs most of a drawing, is kept from the first one.
     """
     w = templates.detach().cpu().float().reshape(-1, IMAGE_SIZE, IMAGE_SIZE).numpy()
+    if fig is None:
+        fig = Figure(figsize=(9, 4), dpi=DPI, layout="constrained")
+        axes = fig.subplots(2, -(-len(w) // 2), squeeze=False)
+        norm = Normalize()
+        for ax, name in zip(axes.flat, class_names[: len(w)], strict=False):
+            ax.imshow(np.zeros((IMAGE_SIZE, IMAGE_SIZE)), cmap="RdBu_r", norm=norm)
+            ax.set_title(name, fontsize=9)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        fig.colorbar(axes.flat[0].images[0], ax=axes, shrink=0.8, label="weight")
+    else:
+        fig.set_layout_engine("none")
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    for image, template in zip(images, w, strict=True):
+        image.set_data(template)
     limit = float(np.abs(w).max()) or 1.0
-    fig = Figure(figsize=(9, 4), dpi=DPI, layout="constrained")
-    axes = fig.subplots(2, -(-len(w) // 2), squeeze=False)
-    for ax, template, name in zip(axes.flat, w, class_names, strict=False):
-        shown = ax.imshow(template, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    fig.colorbar(shown, ax=axes, shrink=0.8, label="weight")
+    images[0].norm.vmin, images[0].norm.vmax = -limit, limit
     return fig
 
 

@@ -57,6 +57,7 @@ class Figures(L.Callback):
     def __init__(self, out_dir: str | Path, num_samples: int = 10, num_predictions: int = 20) -> None:
         self.out_dir, self.num_samples, self.num_predictions = Path(out_dir), num_samples, num_predictions
         self._confusion: MulticlassConfusionMatrix | None = None
+        self._weights: Figure | None = None
 
     def _publish(self, trainer: L.Trainer, name: str, fig: Figure, step: int = 0) -> None:
         """Render once; log the image to TensorBoard and save it as a PNG."""
@@ -64,7 +65,7 @@ class Figures(L.Callback):
         for logger in _tensorboards(trainer):
             logger.experiment.add_image(name, image, step, dataformats="HWC")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(self.out_dir / f"{name}.png", optimize=True)
+        Image.fromarray(image).save(self.out_dir / f"{name}.png")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -74,8 +75,8 @@ class Figures(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        epoch = trainer.current_epoch + 1
-        self._publish(trainer, m.WEIGHTS, figures.weights_figure(pl_module.weight_templates), step=epoch)
+        self._weights = figures.weights_figure(pl_module.weight_templates, fig=self._weights)
+        self._publish(trainer, m.WEIGHTS, self._weights, step=trainer.current_epoch + 1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         history = next(c.history for c in trainer.callbacks if isinstance(c, EpochSummary))
