@@ -331,13 +331,14 @@ def bench(
         "batch_size": BATCH_SIZE,
         "rows": rows,
         "scale": scale_rows,
-        "targets": {
-            "epoch <= 1.5x plain loop": all(r["vs_plain"] <= 1.5 for r in project),
-            "epoch >= 12x faster than seed": all(r["speedup_vs_seed"] >= 12 for r in project),
-            "pass over training data <= 0.1 s": project_pass["pass_s"] <= 0.1,
-            "train.py process <= 1/3 of seed's": all(r["process_vs_seed"] <= 1 / 3 for r in project),
-        },
+        "targets": {"pass over training data <= 0.1 s": project_pass["pass_s"] <= 0.1},
     }
+    for r in project:
+        results["targets"] |= {
+            f"{r['name']}: epoch <= 1.5x plain loop": r["vs_plain"] <= 1.5,
+            f"{r['name']}: epoch >= 12x faster than seed": r["speedup_vs_seed"] >= 12,
+            f"{r['name']}: train.py process <= 1/3 of seed's": r["process_vs_seed"] <= 1 / 3,
+        }
     return results
 
 

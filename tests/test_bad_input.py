@@ -33,6 +33,8 @@ def assert_clear_failure(result, *phrases: str) -> None:
     [
         "data.batch_size=0",
         "data.batch_size=-32",
+        "data.batches_per_step=0",
+        "data.batches_per_step=2.5",
         "optim.lr=0",
         "optim.lr=-0.1",
         "data.val_size=-1",

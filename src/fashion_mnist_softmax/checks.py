@@ -39,6 +39,11 @@ def check_train_config(cfg: DictConfig) -> None:
     n_train = (cfg.data.get("expected_sizes") or {}).get("train") or FASHION_MNIST_TRAIN_SIZE
     rules = [
         ("data.batch_size", lambda v: _whole(v) and v >= 1, "a whole number of at least 1 (the chapter uses 256)"),
+        (
+            "data.batches_per_step",
+            lambda v: _whole(v) and v >= 1,
+            "a whole number of at least 1 (SGD steps per training step)",
+        ),
         ("optim.lr", lambda v: _real(v) and v > 0, "a number greater than 0 (the chapter uses 0.1)"),
         (
             "data.val_size",
