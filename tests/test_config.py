@@ -28,7 +28,7 @@ def test_d2l_experiment_is_the_chapters_recipe(compose_cfg):
 def test_groups_switch(compose_cfg):
     cfg = compose_cfg(["scheduler=cosine", "logger=csv", "debug=quick", "optim=adam"])
     assert cfg.scheduler.T_max == cfg.trainer.max_epochs == 1
-    assert list(cfg.logger) == ["csv"] and cfg.trainer.limit_train_batches == 10
+    assert list(cfg.logger) == ["csv"] and cfg.trainer.limit_train_batches == 2
     assert cfg.optim._target_ == "torch.optim.Adam"
 
 
