@@ -128,6 +128,13 @@ def test_diverged_loss_read_in_batches_still_names_the_first_bad_step(tiny_cfg):
     assert trainer.global_step == 4
 
 
+def test_testing_the_best_checkpoint_when_none_was_chosen_is_explained(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("data.batches_per_step=2", "+trainer.max_steps=3")  # stops after 4 of 14 SGD steps
+    with pytest.raises(UserError, match=r"no best checkpoint to test: training stopped at step 4, before its first"):
+        train(cfg)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_training_into_another_runs_dir_is_refused(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.max_epochs=1"))
     run = tmp_path / "run"

@@ -14,6 +14,7 @@ from fashion_mnist_softmax import distributed
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.callbacks import EpochSummary
 from fashion_mnist_softmax.checks import SaveOnInterrupt, StopOnDivergedLoss, check_train_config
+from fashion_mnist_softmax.errors import UserError
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -48,6 +49,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
     test_ckpt = {"best": checkpoint.best_model_path, "last": last.best_model_path}.get(cfg.test_ckpt, cfg.test_ckpt)
+    if cfg.test_ckpt == "best" and not test_ckpt:
+        raise UserError(
+            f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its first "
+            f"validation (trainer.max_steps or trainer.limit_val_batches=0 can do that), so no checkpoint was "
+            f"chosen by {m.VAL_ACC}. Use test_ckpt=last to test the final model."
+        )
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)[0]
 
     metrics = {
