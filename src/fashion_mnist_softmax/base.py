@@ -112,9 +112,8 @@ class SoftmaxRegression(L.LightningModule):
             logits.append(out.detach())
         losses = torch.stack(losses)
         self._record("train", losses, torch.cat(logits), labels.flatten(), batch_idx)
-        if (
-            self.trainer.fit_loop.total_batch_idx + 1
-        ) % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes
+        every = self.trainer.log_every_n_steps
+        if every and (self.trainer.fit_loop.total_batch_idx + 1) % every == 0:  # the steps Lightning writes out
             self.log(m.TRAIN_LOSS_STEP, losses.mean(), on_step=True, on_epoch=False)
         scheduler = self.lr_schedulers()
         if scheduler is not None and self.trainer.is_last_batch:
