@@ -18,13 +18,15 @@ from fashion_mnist_softmax import metrics as m
 
 from conftest import ROOT, tiny_overrides
 
-# batch size 2: 224 steps an epoch, long enough to land a signal in the middle of the second one
+# batch size 2 and one minibatch per training step: 224 training steps an epoch, long enough to land a
+# signal in the middle of the second one
 STEPS_PER_EPOCH = 224
 
 
 def train_args(archives: Path, root: Path, name: str, *extra: str) -> list[str]:
     run = root / name
-    return [*tiny_overrides(archives, root / "data", run), f"hydra.run.dir={run}", "data.batch_size=2", *extra]
+    slow = ["data.batch_size=2", "data.batches_per_step=1"]
+    return [*tiny_overrides(archives, root / "data", run), f"hydra.run.dir={run}", *slow, *extra]
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
