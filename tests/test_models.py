@@ -147,14 +147,14 @@ def test_the_scheduler_steps_once_per_epoch(tiny_cfg):
 
 class SlowValidation(L.Callback):
     def on_validation_batch_end(self, *args, **kwargs) -> None:
-        time.sleep(0.1)
+        time.sleep(0.5)
 
 
 def test_epoch_time_leaves_validation_out(tiny_cfg):
-    cfg = tiny_cfg("impl=concise", "trainer.max_epochs=1")  # 64 validation images: 2 batches, 0.2 s of sleep
+    cfg = tiny_cfg("impl=concise", "trainer.max_epochs=1")  # 64 validation images: 2 batches, 1 s of sleep
     summary = EpochSummary()
     trainer = L.Trainer(max_epochs=1, callbacks=[summary, SlowValidation()], **QUIET)
     start = time.perf_counter()
     trainer.fit(instantiate(cfg.impl), datamodule=instantiate(cfg.data))
-    assert time.perf_counter() - start > 0.2
-    assert 0 < summary.history[0]["time_s"] < 0.2
+    assert time.perf_counter() - start > 1.0
+    assert 0 < summary.history[0]["time_s"] < 1.0
