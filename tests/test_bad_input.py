@@ -51,6 +51,20 @@ def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, ov
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "advice"),
+    [
+        ("+trainer.gradient_clip_val=1.0", "Leave it out"),
+        ("+trainer.accumulate_grad_batches=4", "raise data.batch_size instead"),
+    ],
+)
+def test_trainer_options_that_need_automatic_optimization_are_explained(tiny_cfg, override, advice):
+    key = override.strip("+").split("=")[0]
+    with pytest.raises(UserError, match=rf"^{key}=.* is not supported: each training step") as error:
+        train(tiny_cfg(override))
+    assert advice in error.value.message
+
+
 def test_invalid_config_value_through_train_py(tiny_train_args):
     result = run_script("train.py", *tiny_train_args, "data.batch_size=0", env=ONE_THREAD)
     assert result.returncode == 2

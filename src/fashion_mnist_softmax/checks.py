@@ -56,6 +56,19 @@ def check_train_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not is_valid(value):
             raise UserError(f"{key}={value!r} is not valid: it must be {expected}. Fix it on the command line.")
+    manual = "each training step takes several SGD steps with Lightning's manual optimization (data.batches_per_step)"
+    if (clip := OmegaConf.select(cfg, "trainer.gradient_clip_val")) is not None and clip > 0:
+        raise UserError(
+            f"trainer.gradient_clip_val={clip} is not supported: {manual}, and Lightning clips gradients only in "
+            f"automatic optimization. Leave it out; softmax regression at the chapter's learning rates does not "
+            f"need clipping."
+        )
+    if (accumulate := OmegaConf.select(cfg, "trainer.accumulate_grad_batches")) not in (None, 1):
+        raise UserError(
+            f"trainer.accumulate_grad_batches={accumulate} is not supported: {manual}, and Lightning accumulates "
+            f"gradients only in automatic optimization. To average the gradient over more images, raise "
+            f"data.batch_size instead."
+        )
     if cfg.get("ckpt_path"):
         check_impl(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path, impl_name(cfg))
     check_fresh_run_dir(Path(cfg.paths.output_dir), cfg.get("ckpt_path"))
