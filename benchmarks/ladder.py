@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--batches-per-step", type=int, default=16, help="as data.batches_per_step")
     args = parser.parse_args()
-    chunk = args.batches_per_step
+    chunk = args.batches_per_step  # minibatches per training step in the chunked rungs
     images, labels = load_split(args.data_root, train=True)
     ds = InMemoryFashionMNIST(images, labels)
     optimizer = {"_target_": "torch.optim.SGD", "lr": LR}
