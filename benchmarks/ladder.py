@@ -9,6 +9,7 @@ batches of ``FashionMNISTDataModule`` and prints the median training epoch witho
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -19,31 +20,24 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fashion_mnist_softmax.callbacks import EpochSummary
-from fashion_mnist_softmax.checks import SaveOnInterrupt, StopOnDivergedLoss
+from fashion_mnist_softmax.callbacks import EpochProgressBar, EpochSummary, SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.concise import ConciseSoftmaxRegression
-from fashion_mnist_softmax.data import EpochBatchSampler, InMemoryFashionMNIST, load_split
+from fashion_mnist_softmax.data import EpochBatchSampler, InMemoryFashionMNIST
+from fashion_mnist_softmax.fashion_mnist import load_split
 
 EPOCHS, BATCH_SIZE, LR = 5, 256, 0.1
 
 
 class Bare(L.LightningModule):
-    """nn.Linear and cross-entropy, nothing else; ``manual=True`` skips Lightning's optimizer closure."""
+    """nn.Linear and cross-entropy with automatic optimization, nothing else: Lightning's own floor."""
 
-    def __init__(self, manual: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.linear, self.automatic_optimization = nn.Linear(784, 10), not manual
+        self.linear = nn.Linear(784, 10)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = nn.functional.cross_entropy(self.linear(x.flatten(1)), y)
-        if self.automatic_optimization:
-            return loss
-        opt = self.optimizers()
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-        return None
+        return nn.functional.cross_entropy(self.linear(x.flatten(1)), y)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=LR)
@@ -78,26 +72,25 @@ def plain(ds: InMemoryFashionMNIST) -> list[float]:
     return times
 
 
-def lightning_fit(
-    ds: InMemoryFashionMNIST, model: L.LightningModule, layers: set[str], tmp: str, batches_per_step: int | None = None
-) -> list[float]:
+def lightning_fit(ds: InMemoryFashionMNIST, model: L.LightningModule, layers: set[str], tmp: str) -> list[float]:
     clock = EpochClock()
     callbacks: list[L.Callback] = [clock]
     if "callbacks" in layers:
         callbacks += [EpochSummary(), StopOnDivergedLoss(), SaveOnInterrupt(tmp)]
         callbacks += [ModelCheckpoint(tmp, monitor="train/acc", mode="max"), ModelCheckpoint(tmp, filename="last")]
+    if "progress bar" in layers:
+        callbacks.append(EpochProgressBar())
     trainer = L.Trainer(
         max_epochs=EPOCHS,
         accelerator="cpu",
         logger=TensorBoardLogger(tmp) if "logger" in layers else False,
         enable_checkpointing="callbacks" in layers,
-        enable_progress_bar=False,
+        enable_progress_bar="progress bar" in layers,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
     )
-    sampler = EpochBatchSampler(len(ds), BATCH_SIZE, shuffle=True, batches_per_step=batches_per_step)
-    loader = DataLoader(ds, batch_size=None, sampler=sampler)
+    loader = DataLoader(ds, batch_size=None, sampler=EpochBatchSampler(len(ds), BATCH_SIZE, shuffle=True))
     trainer.fit(model, loader)
     return clock.times
 
@@ -107,40 +100,30 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--batches-per-step", type=int, default=16, help="as data.batches_per_step")
     args = parser.parse_args()
-    chunk = args.batches_per_step  # minibatches per training step in the chunked rungs
     images, labels = load_split(args.data_root, train=True)
     ds = InMemoryFashionMNIST(images, labels)
     optimizer = {"_target_": "torch.optim.SGD", "lr": LR}
+
+    def project(layers: set[str]):
+        return lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), layers, tmp)
+
     rungs = [
         ("plain PyTorch loop", lambda tmp: plain(ds)),
-        ("bare LightningModule, manual optimization", lambda tmp: lightning_fit(ds, Bare(manual=True), set(), tmp)),
         ("bare LightningModule, automatic optimization", lambda tmp: lightning_fit(ds, Bare(), set(), tmp)),
-        (
-            "the project's module, 1 minibatch per step (manual optimization, torchmetrics)",
-            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), set(), tmp, batches_per_step=1),
-        ),
-        (
-            f"the project's module, {chunk} minibatches per step",
-            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), set(), tmp, batches_per_step=chunk),
-        ),
-        (
-            "+ the project's callbacks (summary, guards, 2 checkpoints)",
-            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), {"callbacks"}, tmp, chunk),
-        ),
-        (
-            "+ TensorBoard logger",
-            lambda tmp: lightning_fit(ds, ConciseSoftmaxRegression(optimizer), {"callbacks", "logger"}, tmp, chunk),
-        ),
+        ("the project's module (torchmetrics, step loss)", project(set())),
+        ("+ the project's callbacks (summary, guards, 2 checkpoints)", project({"callbacks"})),
+        ("+ TensorBoard logger", project({"callbacks", "logger"})),
+        ("+ progress bar", project({"callbacks", "logger", "progress bar"})),
     ]
-    print("| rung | epoch (median) | × plain loop |\n|---|---|---|")
-    base = None
+    print("| rung | epoch (median) | × plain loop | × bare LightningModule |\n|---|---|---|---|")
+    base = bare = None
     for name, run in rungs:
         with tempfile.TemporaryDirectory() as tmp:
             epoch = statistics.median(run(tmp)[1:])
         base = base or epoch
-        print(f"| {name} | {epoch:.3f} s | {epoch / base:.2f} |", flush=True)
+        bare = bare or (epoch if name.startswith("bare") else None)
+        print(f"| {name} | {epoch:.3f} s | {epoch / base:.2f} | {epoch / bare if bare else math.nan:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def fake_archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_overrides(archives: Path, data_root: Path, out_dir: Path) -> list[str]:
-    """Overrides that point a run at the synthetic data, offline, with a quiet console."""
+    """Overrides that point a run at the synthetic data, offline, with a quiet console (``callbacks=none``)."""
     return [
         f"data.root={data_root}",
         f"data.search_dirs=[{archives}]",
@@ -63,8 +63,7 @@ def tiny_overrides(archives: Path, data_root: Path, out_dir: Path) -> list[str]:
         "callbacks=none",
         "trainer.accelerator=cpu",
         "trainer.max_epochs=2",
-        "+trainer.enable_model_summary=false",
-        "+trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=4",
     ]
 
 

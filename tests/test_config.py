@@ -2,7 +2,7 @@
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 
 
 def test_defaults_compose(compose_cfg):
@@ -22,7 +22,17 @@ def test_d2l_experiment_is_the_chapters_recipe(compose_cfg):
     assert get_class(cfg.impl._target_).__name__ == "ScratchSoftmaxRegression"
     assert (cfg.data.batch_size, cfg.data.val_size, cfg.data.normalize) == (256, 0, False)
     assert (cfg.optim.lr, cfg.trainer.max_epochs, cfg.test_ckpt) == (0.1, 5, "last")
-    assert cfg.optim._target_ == "torch.optim.SGD"
+
+
+@pytest.mark.parametrize(("impl", "module"), [("scratch", "fashion_mnist_softmax.scratch"), ("concise", "torch.optim")])
+def test_the_optimizer_config_names_the_class_that_runs(compose_cfg, impl, module):
+    cfg = compose_cfg([f"impl={impl}", "optim.lr=0.3", "optim.momentum=0.5"])
+    model = instantiate(cfg.impl)
+    built = model.configure_optimizers()
+    assert type(built) is get_class(cfg.optim._target_) is get_class(cfg.impl.optimizer._target_)
+    assert cfg.optim._target_ == f"{module}.SGD"
+    assert built.defaults["lr"] == 0.3 and built.defaults["momentum"] == 0.5
+    assert isinstance(model.hparams.optimizer, dict)  # plain data: checkpoints load weights-only
 
 
 def test_groups_switch(compose_cfg):

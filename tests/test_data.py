@@ -1,4 +1,4 @@
-"""FashionMNISTDataModule: offline install, validation, splits and the in-memory fast path."""
+"""The Fashion-MNIST files (offline install, validation) and the DataModule (splits, batches, resumable shuffles)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from fashion_mnist_softmax.data import (
+from fashion_mnist_softmax.data import EpochBatchSampler, FashionMNISTDataModule
+from fashion_mnist_softmax.fashion_mnist import (
     RAW_FILES,
     DataError,
-    EpochBatchSampler,
-    FashionMNISTDataModule,
     ensure_raw_files,
     get_fashion_mnist_labels,
     raw_dir,
@@ -57,7 +56,7 @@ def test_failed_download_is_reported_quickly(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr("fashion_mnist_softmax.data._download", refuse)
+    monkeypatch.setattr("fashion_mnist_softmax.fashion_mnist._download", refuse)
     with pytest.raises(DataError, match="network is unreachable"):
         ensure_raw_files(tmp_path, [], download=True)
 
@@ -88,7 +87,7 @@ def test_truncated_archive_is_named_and_nothing_is_written(fake_archives, tmp_pa
 
 def test_expected_sizes_are_checked(fake_archives, tmp_path):
     dm = datamodule(fake_archives, tmp_path, expected_sizes={"train": 60000, "test": 10000})
-    with pytest.raises(DataError, match="expected 60000"):
+    with pytest.raises(DataError, match="holds 128 items, expected 10000"):
         dm.setup("fit")
 
 
@@ -134,8 +133,21 @@ def test_batches_equal_torchvision_totensor(fake_archives, tmp_path):
 def test_normalize_standardises_with_training_statistics(fake_archives, tmp_path):
     dm = datamodule(fake_archives, tmp_path, normalize=True, batch_size=1000)
     dm.setup("fit")
-    x, _ = next(iter(dm.train_dataloader()))
+    x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
+    assert dm.state_dict() == {"normalize": True, "mean": dm.mean, "std": dm.std} and 0.2 < dm.mean < 0.8
+
+
+def test_a_saved_state_gives_the_preprocessing_without_the_training_set(fake_archives, tmp_path):
+    trained = datamodule(fake_archives, tmp_path, normalize=True)
+    trained.setup("fit")
+    fresh = datamodule(fake_archives, tmp_path, normalize=False)
+    fresh.load_state_dict(trained.state_dict())
+    fresh.setup("test")
+    assert fresh.train_set is None, "testing with known preprocessing reads no training images"
+    batch = next(iter(fresh.test_dataloader()))
+    expected = next(iter(trained.test_dataloader()))
+    assert torch.equal(fresh.on_after_batch_transfer(batch, 0)[0], trained.on_after_batch_transfer(expected, 0)[0])
 
 
 def test_shuffle_depends_on_seed_and_epoch_only():
@@ -150,37 +162,35 @@ def test_shuffle_depends_on_seed_and_epoch_only():
     assert sorted(order(1, 3).tolist()) == list(range(100))
 
 
-@pytest.mark.parametrize("batches_per_step", [None, 1, 3, 100])
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize(("n", "world_size"), [(100, 1), (101, 2), (7, 3), (96, 1)])
-def test_len_counts_the_batches_each_rank_gets(n, world_size, shuffle, batches_per_step):
+def test_len_counts_the_batches_each_rank_gets(n, world_size, shuffle):
     for rank in range(world_size):
-        sampler = EpochBatchSampler(n, 8, shuffle, 0, rank, world_size, batches_per_step)
+        sampler = EpochBatchSampler(n, 8, shuffle, 0, rank, world_size)
         assert len(sampler) == len(list(sampler))
 
 
-@pytest.mark.parametrize(("n", "world_size"), [(100, 1), (101, 2), (96, 1), (5, 1)])
-def test_steps_stack_the_same_batches_in_the_same_order(n, world_size):
-    """(k, batch) index chunks hold exactly the plain batches; a smaller last batch comes alone."""
-    for rank in range(world_size):
-        plain = EpochBatchSampler(n, 8, True, 3, rank, world_size)
-        chunked = EpochBatchSampler(n, 8, True, 3, rank, world_size, batches_per_step=3)
-        plain.set_epoch(2)
-        chunked.set_epoch(2)
-        steps = list(chunked)
-        assert all(s.dim() == 2 and 1 <= len(s) <= 3 for s in steps)
-        assert [b.tolist() for step in steps for b in step] == [b.tolist() for b in plain]
-        assert all(s.shape[1] == 8 for s in steps[:-1])
+def test_a_sampler_resumes_its_epoch_where_its_state_says():
+    sampler = EpochBatchSampler(100, 8, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    served = iter(sampler)
+    first = [next(served) for _ in range(5)]
+    state = sampler.state_dict()
+    assert state == {"epoch": 2, "served": 5}
 
+    resumed = EpochBatchSampler(100, 8, shuffle=True, seed=3)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)
+    rest = list(resumed)
+    assert [b.tolist() for b in first + rest] == [b.tolist() for b in whole]
+    resumed.set_epoch(3)
+    assert len(list(resumed)) == len(resumed), "the next epoch starts from its first batch"
 
-def test_a_step_of_batches_is_one_stacked_tensor(fake_archives, tmp_path):
-    dm = datamodule(fake_archives, tmp_path, batches_per_step=4)
-    dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
-    assert images.shape == (4, 32, 1, 28, 28) and labels.shape == (4, 32)
-    x, y = dm.train_set[list(EpochBatchSampler(len(dm.train_set), 32, True, dm.shuffle_seed))[1]]
-    assert torch.equal(images[1], x) and torch.equal(labels[1], y)
-    assert next(iter(dm.val_dataloader()))[0].shape == (32, 1, 28, 28)  # evaluation keeps plain batches
+    other_epoch = EpochBatchSampler(100, 8, shuffle=True, seed=3)
+    other_epoch.load_state_dict({"epoch": 1, "served": 13})  # an epoch-end checkpoint of the epoch before
+    other_epoch.set_epoch(2)
+    assert [b.tolist() for b in other_epoch] == [b.tolist() for b in whole]
 
 
 def test_ranks_see_disjoint_shards():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from fashion_mnist_softmax import metrics as m
@@ -18,18 +20,35 @@ from fashion_mnist_softmax.prediction import PREDICTIONS_FILE, predict, to_fashi
 from conftest import run_script, tiny_overrides
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false"]
 
 
 @pytest.fixture(scope="module")
 def trained(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-epoch scratch run made by train.py, with its .hydra config, checkpoints and metrics.json."""
+    """A two-epoch scratch run made by train.py on standardised images, with checkpoints and metrics.json."""
     root = tmp_path_factory.mktemp("trained")
     run = root / "run"
     args = [*tiny_overrides(fake_archives, root / "data", run), f"hydra.run.dir={run}", "impl=scratch"]
-    result = run_script("train.py", *args, env=ONE_THREAD)
+    result = run_script("train.py", *args, "data.normalize=true", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     return run
+
+
+@pytest.fixture
+def lone_checkpoint(trained: Path, tmp_path: Path) -> Path:
+    """The checkpoint the run tested, copied alone into an empty folder."""
+    folder = tmp_path / "lone"
+    folder.mkdir()
+    return Path(shutil.copy(m.read_metrics(trained)["test_ckpt"], folder))
+
+
+def data_args(fake_archives: Path, tmp_path: Path) -> list[str]:
+    """Where the test set is: a fresh data root, filled from the synthetic archives."""
+    return [
+        f"data.root={tmp_path / 'data'}",
+        f"data.search_dirs=[{fake_archives}]",
+        "data.download=false",
+        "data.expected_sizes=null",
+    ]
 
 
 def product_photo(path: Path, size: tuple[int, int] = (120, 80)) -> Path:
@@ -40,12 +59,13 @@ def product_photo(path: Path, size: tuple[int, int] = (120, 80)) -> Path:
     return path
 
 
-def test_eval_py_reproduces_the_runs_test_accuracy(trained, tmp_path):
+def test_a_lone_checkpoint_gives_its_runs_test_accuracy(trained, lone_checkpoint, fake_archives, tmp_path):
+    """The run standardised its images: only the checkpoint can say with which mean and std."""
     run_metrics = m.read_metrics(trained)
+    assert run_metrics["hparams"]["data"]["normalize"] is True
     out = tmp_path / "eval"
-    result = run_script(
-        "eval.py", f"ckpt_path={run_metrics['test_ckpt']}", f"hydra.run.dir={out}", *QUIET, env=ONE_THREAD
-    )
+    args = [f"ckpt_path={lone_checkpoint}", f"hydra.run.dir={out}", *data_args(fake_archives, tmp_path)]
+    result = run_script("eval.py", *args, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = m.read_metrics(out)
     assert evaluated["impl"] == "scratch"
@@ -53,14 +73,43 @@ def test_eval_py_reproduces_the_runs_test_accuracy(trained, tmp_path):
     assert evaluated[m.TEST_LOSS] == pytest.approx(run_metrics[m.TEST_LOSS], abs=1e-6)
     for name in (m.CONFUSION, m.PREDICTIONS):
         assert Image.open(out / "figures" / f"{name}.png").size[0] > 100
+    assert "Traceback" not in result.stderr
 
 
-def test_eval_of_a_checkpoint_of_the_other_impl_is_refused(trained, compose_cfg, tmp_path):
-    ckpt = trained / "checkpoints" / "last.ckpt"
-    cfg = compose_cfg([f"ckpt_path={ckpt}", "impl=concise", f"paths.output_dir={tmp_path}"], config_name="eval")
-    with pytest.raises(UserError, match=r"holds a scratch model, but impl=concise"):
+def test_nothing_written_later_changes_what_eval_computes(trained, compose_cfg, fake_archives, tmp_path):
+    run_metrics = m.read_metrics(trained)
+    config = trained / ".hydra" / "config.yaml"
+    original = config.read_bytes()
+    try:
+        config.write_text("data: {normalize: false, root: /nowhere}\n")  # what a later, refused run could leave
+        overrides = [f"ckpt_path={run_metrics['test_ckpt']}", f"paths.output_dir={tmp_path}", "data.normalize=false"]
+        cfg = compose_cfg([*overrides, *data_args(fake_archives, tmp_path)], config_name="eval")
+        assert evaluate(cfg)[m.TEST_ACC] == run_metrics[m.TEST_ACC]
+    finally:
+        config.write_bytes(original)
+
+
+@pytest.mark.parametrize("app", ["eval", "predict"])
+def test_a_checkpoint_naming_foreign_code_is_refused(trained, compose_cfg, tmp_path, app):
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["model_class"] = "subprocess.Popen"
+    forged = tmp_path / "forged.ckpt"
+    torch.save(ckpt, forged)
+    overrides = [f"ckpt_path={forged}", f"paths.output_dir={tmp_path}", "indices=[0]"][: 3 if app == "predict" else 2]
+    cfg = compose_cfg(overrides, config_name=app)
+    with pytest.raises(UserError, match=r"names the model class 'subprocess.Popen', which is not one of this project"):
+        (evaluate if app == "eval" else predict)(cfg)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_checkpoint_without_its_description_is_refused(trained, compose_cfg, tmp_path):
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    del ckpt["FashionMNISTDataModule"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    cfg = compose_cfg([f"ckpt_path={old}", f"paths.output_dir={tmp_path}"], config_name="eval")
+    with pytest.raises(UserError, match=r"is not a checkpoint of this project: it lacks"):
         evaluate(cfg)
-    assert not (tmp_path / m.METRICS_FILE).exists()
 
 
 def test_eval_py_with_a_missing_checkpoint_names_it(tmp_path):
@@ -79,16 +128,15 @@ def test_eval_of_a_truncated_checkpoint_names_it(trained, compose_cfg, tmp_path)
         evaluate(cfg)
 
 
-def test_predict_py_labels_images_and_test_indices(trained, tmp_path):
+def test_predict_py_labels_images_and_test_indices(lone_checkpoint, fake_archives, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     product_photo(photos / "a.png")
     product_photo(photos / "b.jpg", size=(64, 96))
     (photos / "notes.txt").write_text("not an image, and skipped: only image suffixes are read from a folder")
     out = tmp_path / "predict"
-    ckpt = trained / "checkpoints" / "last.ckpt"
-    args = [f"ckpt_path={ckpt}", f"images=[{photos}]", "indices=[0,1,2]", f"hydra.run.dir={out}"]
-    result = run_script("predict.py", *args, env=ONE_THREAD)
+    args = [f"ckpt_path={lone_checkpoint}", f"images=[{photos}]", "indices=[0,1,2]", f"hydra.run.dir={out}"]
+    result = run_script("predict.py", *args, *data_args(fake_archives, tmp_path), env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((out / PREDICTIONS_FILE).read_text())
     images = [str(photos / "a.png"), str(photos / "b.jpg")]
@@ -103,7 +151,7 @@ def test_predict_py_labels_images_and_test_indices(trained, tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["unreadable", "truncated png", "missing", "empty folder", "index"])
-def test_predict_bad_input_is_named(trained, compose_cfg, tmp_path, problem):
+def test_predict_bad_input_is_named(trained, compose_cfg, fake_archives, tmp_path, problem):
     target = {
         "unreadable": tmp_path / "notes.png",
         "truncated png": tmp_path / "cut.png",
@@ -116,7 +164,7 @@ def test_predict_bad_input_is_named(trained, compose_cfg, tmp_path, problem):
         target.write_bytes(product_photo(tmp_path / "whole.png").read_bytes()[:80])
     elif problem == "empty folder":
         target.mkdir()
-    overrides = ["indices=[128]"] if problem == "index" else [f"images=[{target}]"]
+    overrides = ["indices=[128]", *data_args(fake_archives, tmp_path)] if problem == "index" else [f"images=[{target}]"]
     ckpt = trained / "checkpoints" / "last.ckpt"
     cfg = compose_cfg([f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path}", *overrides], config_name="predict")
     with pytest.raises(UserError, match="out of range" if problem == "index" else re.escape(str(target))):
@@ -142,13 +190,3 @@ def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app, run):
     cfg = compose_cfg([f"paths.output_dir={tmp_path}", "indices=[0]"][: 2 if app == "predict" else 1], config_name=app)
     with pytest.raises(UserError, match=r"No checkpoint given: add ckpt_path="):
         run(cfg)
-
-
-def test_eval_of_a_checkpoint_outside_its_run_dir_uses_the_given_data(trained, compose_cfg, fake_archives, tmp_path):
-    run_metrics = m.read_metrics(trained)
-    moved = tmp_path / "moved.ckpt"
-    moved.write_bytes(Path(run_metrics["test_ckpt"]).read_bytes())
-    data = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if o.startswith("data.")]
-    cfg = compose_cfg([f"ckpt_path={moved}", f"paths.output_dir={tmp_path}", *data, *QUIET], config_name="eval")
-    assert evaluate(cfg)[m.TEST_ACC] == run_metrics[m.TEST_ACC]
-    assert m.read_metrics(tmp_path)["ckpt_path"] == str(moved)

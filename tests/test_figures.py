@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from fashion_mnist_softmax import figures
-from fashion_mnist_softmax.data import CLASS_NAMES
+from fashion_mnist_softmax.fashion_mnist import CLASS_NAMES
 
 
 def size_in_pixels(fig) -> tuple[int, int]:

@@ -21,8 +21,6 @@ def test_d2l_recipe_reproduces_the_chapter(compose_cfg, tmp_path):
                 f"paths.output_dir={tmp_path / impl}",
                 "callbacks=none",
                 "trainer.accelerator=cpu",
-                "+trainer.enable_progress_bar=false",
-                "+trainer.enable_model_summary=false",
             ]
         )
         runs[impl] = train(cfg)

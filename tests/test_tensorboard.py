@@ -42,7 +42,6 @@ def multirun(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         *overrides,
         "impl=scratch",
         "callbacks=inspection",
-        "data.batches_per_step=2",
         "trainer.log_every_n_steps=2",
         f"optim.lr={','.join(map(str, LRS))}",
         f"hydra.sweep.dir={tmp / 'multirun'}",
@@ -60,7 +59,7 @@ def test_each_job_has_its_own_scalars(multirun):
     for job in ("0", "1"):
         run = events(multirun / job)
         assert set(SCALARS) <= set(run.Tags()["scalars"])
-        assert len(run.Scalars(m.TRAIN_LOSS_STEP)) >= 4  # 7 training steps of 2 minibatches per epoch, every 2nd logged
+        assert len(run.Scalars(m.TRAIN_LOSS_STEP)) == 14  # 14 steps an epoch, every 2nd logged
         assert [e.step for e in run.Scalars(m.TRAIN_ACC)] == [e.step for e in run.Scalars(m.TRAIN_EPOCH_TIME)]
         assert all(e.value > 0 for e in run.Scalars(m.TRAIN_THROUGHPUT))
         assert run.Scalars(m.TEST_ACC)[-1].value == pytest.approx(m.read_metrics(multirun / job)[m.TEST_ACC])

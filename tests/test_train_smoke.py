@@ -1,8 +1,12 @@
-"""train.py end to end on synthetic data: the run directory and its metrics.json."""
+"""train.py end to end on synthetic data: the run directory, its metrics.json, and what the console shows."""
 
 import json
 
+import pytest
+
 from conftest import run_script
+
+NOISE = ("💡", "litlogger", "already configured with model summary", "LeafSpec", "FLOPs", "GPU available", "Traceback")
 
 
 def test_train_py_subprocess_writes_run_dir(tiny_train_args, tmp_path):
@@ -17,3 +21,21 @@ def test_train_py_subprocess_writes_run_dir(tiny_train_args, tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / ".hydra" / "config.yaml").is_file()
     assert "epoch 1, loss " in result.stdout
+
+
+@pytest.mark.parametrize("callbacks", ["default", "none"])
+def test_the_console_shows_the_run_and_nothing_else(tiny_train_args, tmp_path, callbacks):
+    result = run_script("train.py", *tiny_train_args, "impl=scratch", f"callbacks={callbacks}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for noise in NOISE:
+        assert noise not in console, noise
+    run = tmp_path / "run"
+    for line in ("epoch 1, loss ", "epoch 2, loss ", "test/acc", f"metrics: {run / 'metrics.json'}", f"run dir {run}"):
+        assert line in console, line
+    bar, summary = "epoch 2/2: 100%", "ScratchSoftmaxRegression: 7,850 parameters\n  W  784 × 10\n  b  10\n"
+    if callbacks == "default":
+        assert bar in console and summary in console  # the bar counts epochs as the epoch lines do
+        assert "Epoch 0" not in console and "it/s" in console
+    else:
+        assert bar not in console and "it/s" not in console and "parameters" not in console

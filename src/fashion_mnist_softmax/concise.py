@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
-from fashion_mnist_softmax.base import SoftmaxRegression
+from fashion_mnist_softmax.classifier import Classifier
 
 
-class ConciseSoftmaxRegression(SoftmaxRegression):
+class ConciseSoftmaxRegression(Classifier):
     """``nn.Sequential(nn.Flatten(), nn.Linear(784, 10))`` trained with any ``torch.optim`` optimizer."""
 
     name = "concise"
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        num_inputs, num_outputs = self.hparams.num_inputs, self.hparams.num_outputs
         # skip nn.Linear's own random init: the chapter's init below then draws from the same RNG
         # state as the scratch model's, so one seed gives both models one starting point
-        linear = nn.utils.skip_init(nn.Linear, self.hparams.num_inputs, self.hparams.num_outputs)
+        linear = nn.utils.skip_init(nn.Linear, num_inputs, num_outputs)
+        nn.init.normal_(linear.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(linear.bias)
         self.net = nn.Sequential(nn.Flatten(), linear)
-        nn.init.normal_(self.net[1].weight, mean=0.0, std=0.01)
-        nn.init.zeros_(self.net[1].bias)
         self.criterion = nn.CrossEntropyLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -29,9 +31,6 @@ class ConciseSoftmaxRegression(SoftmaxRegression):
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits, y)
-
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        return instantiate(self.hparams.optimizer, params=self.parameters())
 
     @property
     def weight_templates(self) -> torch.Tensor:

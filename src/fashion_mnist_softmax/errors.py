@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
@@ -20,7 +21,7 @@ class UserError(Exception):
 
 
 def friendly_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Print a :class:`UserError` as one wrapped paragraph on stderr and exit with status 2."""
+    """Print a :class:`UserError` as one wrapped paragraph on stderr and exit with ``EXIT_USER_ERROR``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> T:
@@ -31,6 +32,6 @@ def friendly_errors(fn: Callable[..., T]) -> Callable[..., T]:
                 e.message, width=100, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
             )  # paths stay whole, to be copied
             print("\nError: " + paragraph, file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USER_ERROR)
 
     return wrapper

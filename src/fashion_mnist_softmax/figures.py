@@ -1,8 +1,7 @@
-"""The chapter's pictures and a few more, as matplotlib figures: tensors in, a ``Figure`` out.
+"""The chapter's pictures and a few more: tensors in, a matplotlib ``Figure`` out.
 
-Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never by
-pyplot, so they need no display and leave no global state behind. :func:`render` turns one
-into an RGB array that can be logged to TensorBoard and saved as a PNG from one rendering.
+Built without pyplot and rendered by the Agg canvas (:func:`render`), they need no display and
+leave no global state behind.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fashion_mnist_softmax.data import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
+from fashion_mnist_softmax.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
 
 DPI = 100
 WRONG = "tab:red"

@@ -11,11 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fashion_mnist_softmax import console
 from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checks import given_ckpt_path, impl_name
-from fashion_mnist_softmax.data import CLASS_NAMES, IMAGE_SIZE, FashionMNISTDataModule, InMemoryFashionMNIST
+from fashion_mnist_softmax.checkpoints import load_model
+from fashion_mnist_softmax.config import given_ckpt_path
+from fashion_mnist_softmax.data import FashionMNISTDataModule, InMemoryFashionMNIST, standardise
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.evaluation import data_config, load_model
+from fashion_mnist_softmax.fashion_mnist import CLASS_NAMES, IMAGE_SIZE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PREDICTIONS_FILE = "predictions.json"
@@ -92,36 +94,33 @@ def top_k(model: torch.nn.Module, x: torch.Tensor, k: int) -> list[list[tuple[st
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Print the top classes of ``cfg.images`` and of the test images ``cfg.indices``; write them as JSON."""
+    """Print the top classes of ``cfg.images`` and of the test images ``cfg.indices``; write them as JSON.
+
+    The model and its preprocessing come from the checkpoint alone.
+    """
+    console.quiet()
     if not cfg.images and not cfg.indices:
         raise UserError("Nothing to predict: give images=[a.png,b.jpg] (files or folders) or indices=[0,1,2].")
-    model = load_model(given_ckpt_path(cfg), impl_name(cfg))
+    model, data_state = load_model(given_ckpt_path(cfg))
     files = image_files(list(cfg.images))
-    arrays = [read_image(f) for f in files]
-    indices = [int(i) for i in cfg.indices]
-    data = data_config(cfg)
-    test_set = InMemoryFashionMNIST(torch.empty(0, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8), torch.empty(0))
-    if indices or data.normalize:  # the test images, or the training set's mean and std
-        datamodule: FashionMNISTDataModule = instantiate(data)
-        datamodule.setup("predict")
+    rows = [{"source": str(f)} for f in files]
+    images = [torch.from_numpy(read_image(f)) for f in files]
+    if indices := [int(i) for i in cfg.indices]:
+        datamodule: FashionMNISTDataModule = instantiate(cfg.data)
+        datamodule.setup("test")
         test_set = datamodule.test_set
-    if bad := [i for i in indices if not 0 <= i < len(test_set)]:
-        raise UserError(
-            f"indices={bad} are out of range: the test set has {len(test_set)} images, numbered 0 to "
-            f"{len(test_set) - 1}."
-        )
-
-    rows: list[dict[str, Any]] = []
-    if files:
-        images, n = torch.from_numpy(np.stack(arrays)), len(files)
-        x, _ = InMemoryFashionMNIST(images, torch.zeros(n), test_set.mean, test_set.std)[torch.arange(n)]
-        rows += [{"source": str(f), "top": t} for f, t in zip(files, top_k(model, x, cfg.top_k), strict=True)]
-    if indices:
-        x, y = test_set[torch.tensor(indices)]
-        for i, label, t in zip(indices, y.tolist(), top_k(model, x, cfg.top_k), strict=True):
-            rows.append({"source": f"test[{i}]", "true": CLASS_NAMES[label], "top": t})
-    for row in rows:
+        if bad := [i for i in indices if not 0 <= i < len(test_set)]:
+            raise UserError(
+                f"indices={bad} are out of range: the test set has {len(test_set)} images, numbered 0 to "
+                f"{len(test_set) - 1}."
+            )
+        rows += [{"source": f"test[{i}]", "true": CLASS_NAMES[int(test_set.labels[i])]} for i in indices]
+        images += list(test_set.images[indices])
+    x, _ = InMemoryFashionMNIST(torch.stack(images), torch.zeros(len(images)))[torch.arange(len(images))]
+    tops = top_k(model, standardise(x, data_state["mean"], data_state["std"]), cfg.top_k)
+    for row, top in zip(rows, tops, strict=True):
+        row["top"] = top
         truth = f" (true: {row['true']})" if "true" in row else ""
-        print(f"{row['source']}{truth}: " + ", ".join(f"{name} {p:.3f}" for name, p in row["top"]))
+        print(f"{row['source']}{truth}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
     m.write_json_atomic(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, rows)
     return rows

@@ -1,20 +1,18 @@
 """The chapter's from-scratch implementation: softmax, cross-entropy, accuracy and SGD by hand.
 
-Autograd computes the gradients, as in the chapter; nothing else comes from ``torch.nn`` or
-``torch.optim``. The chapter's softmax and loss overflow for large logits (``exp(1000)`` is
-inf), so the versions here subtract the row maximum first, which changes nothing mathematically.
+Autograd computes the gradients, as in the chapter. The chapter's softmax and loss overflow for large
+logits (``exp(1000)`` is inf), so these subtract the row maximum first, which changes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
-from hydra.utils import get_class
 from torch import nn
 
-from fashion_mnist_softmax.base import SoftmaxRegression
-from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.classifier import Classifier
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -34,25 +32,6 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (log_sum_exp(logits) - logits.gather(1, y.view(-1, 1)).squeeze(1)).mean()
 
 
-class SoftmaxCrossEntropy(torch.autograd.Function):
-    """:func:`cross_entropy` with its gradient written out: ∂ℓ/∂O = (softmax(O) − onehot(y)) / B.
-
-    Autograd then has only the two matrix products of O = XW + b left to do, ∂ℓ/∂W = Xᵀ ∂ℓ/∂O
-    and ∂ℓ/∂b = the column sums of ∂ℓ/∂O, instead of going back through every step of the loss.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(logits, y)
-        return cross_entropy(logits, y)
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
-        logits, y = ctx.saved_tensors
-        onehot = torch.zeros_like(logits).scatter_(1, y.view(-1, 1), 1.0)
-        return (softmax(logits) - onehot) * (grad_loss / len(y)), None
-
-
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """The fraction of rows whose largest logit is the true class."""
     return (logits.argmax(dim=1) == y).float().mean().item()
@@ -65,13 +44,14 @@ def sgd(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     velocities: dict[nn.Parameter, torch.Tensor] | None = None,
-) -> None:
+) -> dict[nn.Parameter, torch.Tensor]:
     """Minibatch SGD: ``param -= lr * grad``, with optional L2 weight decay and heavy-ball momentum.
 
     The chapter's ``d2l.sgd`` divides by the batch size because its loss is a sum; the loss here
     is already the batch mean. Momentum follows ``torch.optim.SGD``: v = momentum * v + g, with
-    v = g on the first step, and ``velocities`` keeps v between calls.
+    v = g on the first step. Returns the velocities, to pass back in at the next step.
     """
+    velocities = {} if velocities is None else velocities
     for p in params:
         if p.grad is None:
             continue
@@ -80,60 +60,49 @@ def sgd(
             v = velocities.get(p)
             g = velocities[p] = g.clone() if v is None else v.mul_(momentum).add_(g)
         p.sub_(lr * g)
+    return velocities
 
 
 class SGD(torch.optim.Optimizer):
-    """Hands :func:`sgd` to Lightning as an optimizer, so that schedulers and LR logging work."""
+    """:func:`sgd` as a ``torch.optim.Optimizer``: Lightning, schedulers and checkpoints need one."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             velocities = {p: self.state[p]["velocity"] for p in group["params"] if "velocity" in self.state[p]}
-            sgd(group["params"], group["lr"], group["momentum"], group["weight_decay"], velocities)
+            velocities = sgd(group["params"], group["lr"], group["momentum"], group["weight_decay"], velocities)
             for p, v in velocities.items():
                 self.state[p]["velocity"] = v
         return loss
 
 
-class ScratchSoftmaxRegression(SoftmaxRegression):
-    """O = XW + b with W (784×10) ~ N(0, 0.01) and b = 0, trained with the hand-written :func:`sgd`.
+class ScratchSoftmaxRegression(Classifier):
+    """O = XW + b with W (784×10) ~ N(0, 0.01) and b = 0, trained with the hand-written :class:`SGD`.
 
     W is drawn in the (10, 784) order of ``nn.Linear.weight`` and transposed, so that one seed
     gives ``W == linear.weight.T`` in the concise model: both runs then start from one point.
-    With ``analytic_grad`` the loss's gradient is the formula of :class:`SoftmaxCrossEntropy`.
     """
 
     name = "scratch"
 
-    def __init__(self, *args, analytic_grad: bool = False, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hparams["analytic_grad"] = analytic_grad
-        n_in, n_out = self.hparams.num_inputs, self.hparams.num_outputs
-        self.W = nn.Parameter(torch.normal(0.0, 0.01, (n_out, n_in)).T.contiguous())
-        self.b = nn.Parameter(torch.zeros(n_out))
+        num_inputs, num_outputs = self.hparams.num_inputs, self.hparams.num_outputs
+        self.W = nn.Parameter(torch.normal(0.0, 0.01, (num_outputs, num_inputs)).T.contiguous())
+        self.b = nn.Parameter(torch.zeros(num_outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, self.hparams.num_inputs) @ self.W + self.b
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return SoftmaxCrossEntropy.apply(logits, y) if self.hparams.analytic_grad else cross_entropy(logits, y)
-
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        config = dict(self.hparams.optimizer)
-        target = config.pop("_target_")
-        if get_class(target) is not torch.optim.SGD:
-            raise UserError(
-                f"impl=scratch trains with its hand-written SGD, so it cannot use the optimizer {target}. "
-                f"Use optim=sgd with impl=scratch, or impl=concise for other optimizers."
-            )
-        return SGD(self.parameters(), **config)
+        return cross_entropy(logits, y)
 
     @property
     def weight_templates(self) -> torch.Tensor:

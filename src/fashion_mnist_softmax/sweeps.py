@@ -1,8 +1,7 @@
-"""A summary of a multirun: ``summary.csv`` and ``summary.md`` in the sweep dir, written when it ends.
+"""A multirun's summary, written into the sweep dir when it ends: ``summary.csv`` and ``summary.md``.
 
-One row per job with the overrides that differ between jobs and its final metrics, best
-``val/acc_best`` first. When the sweep varies ``seed``, ``summary.md`` and ``summary_seeds.csv``
-also give the mean ± std over seeds of every remaining configuration.
+One row per job, best ``val/acc_best`` first; when the sweep varies ``seed``, also the mean ± std
+over seeds of every other configuration (``summary_seeds.csv``).
 """
 
 from __future__ import annotations

@@ -7,29 +7,26 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_mnist_softmax import distributed
+from fashion_mnist_softmax import console, distributed
 from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.callbacks import EpochSummary
-from fashion_mnist_softmax.checks import SaveOnInterrupt, StopOnDivergedLoss, check_train_config
+from fashion_mnist_softmax.callbacks import EpochSummary, SaveOnInterrupt, StopOnDivergedLoss
+from fashion_mnist_softmax.config import check_train_config
 from fashion_mnist_softmax.errors import UserError
 
 
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
+def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a dict-shaped config group (``callbacks``, ``logger``)."""
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics."""
+    console.quiet()
     check_train_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.impl)
-
     summary = EpochSummary()
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -40,15 +37,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     # Lightning 2.6 refreshes save_last=True only at steps that also saved a top-k file, so last.ckpt gets its own
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
-    guards = [StopOnDivergedLoss(), SaveOnInterrupt(run_dir / "checkpoints")]
-    callbacks = [summary, *guards, checkpoint, last, *_instantiate_all(cfg.get("callbacks"))]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
-    if distributed.launches_ranks(trainer):
-        return distributed.run_ranks(cfg, trainer)
+    callbacks = [summary, StopOnDivergedLoss(), SaveOnInterrupt(run_dir / "checkpoints"), checkpoint, last]
+    callbacks += instantiate_all(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=instantiate_all(cfg.get("logger")),
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        enable_model_summary=False,  # conf/callbacks/default.yaml lists the parameters instead
+    )
+    if distributed.must_start_ranks(trainer):
+        return distributed.start_ranks(cfg, trainer)
 
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.impl)
+    if trainer.is_global_zero:
+        print(f"{model.name} softmax regression, run dir {run_dir}")
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
-    test_ckpt = {"best": checkpoint.best_model_path, "last": last.best_model_path}.get(cfg.test_ckpt, cfg.test_ckpt)
+    named = {"best": checkpoint.best_model_path, "last": str(run_dir / "checkpoints" / "last.ckpt")}
+    test_ckpt = named.get(cfg.test_ckpt, cfg.test_ckpt)
     if cfg.test_ckpt == "best" and not test_ckpt:
         raise UserError(
             f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its first "
@@ -69,4 +78,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         m.write_json_atomic(run_dir / m.METRICS_FILE, metrics)
+        print(f"metrics: {run_dir / m.METRICS_FILE}\ncheckpoints: {run_dir / 'checkpoints'}")
     return metrics

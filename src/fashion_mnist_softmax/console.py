@@ -1,0 +1,33 @@
+"""A quiet console: the exact third-party messages a run prints to no one's benefit, matched by their text."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# Lightning's info lines: an advertisement, notices about its own defaults, and what the run says itself
+LIGHTNING_INFO = (
+    "💡 Tip:",
+    "Trainer already configured with model summary callbacks",
+    "GPU available:",
+    "TPU available:",
+    "`Trainer.fit` stopped:",
+    "Restoring states from the checkpoint path",
+    "Loaded model weights from the checkpoint",
+    "Restored all states from the checkpoint",
+    "LOCAL_RANK:",
+)
+
+
+def _not_lightning_info(record: logging.LogRecord) -> bool:
+    return not record.getMessage().lstrip().startswith(LIGHTNING_INFO)
+
+
+def quiet() -> None:
+    """Silence those messages in this process."""
+    # torch 2.15 deprecates a pytree class that Lightning 2.6 still uses internally
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _not_lightning_info not in logger.filters:
+            logger.addFilter(_not_lightning_info)

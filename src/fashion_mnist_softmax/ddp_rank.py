@@ -1,0 +1,35 @@
+"""One DDP rank, started by :mod:`fashion_mnist_softmax.distributed`: ``python -m ...ddp_rank CONFIG_JSON``.
+
+It trains exactly the job's resolved config (given as JSON), and says so with the config's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+from omegaconf import OmegaConf
+
+from fashion_mnist_softmax.distributed import config_digest
+from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.training import train
+
+
+def main(config_json: str) -> None:
+    resolved = json.loads(config_json)
+    run_dir = resolved["paths"]["output_dir"]
+    rank, digest = os.environ["LOCAL_RANK"], config_digest(resolved)
+    print(f"ddp local rank {rank} of {run_dir}: config {digest}\n", end="", flush=True)  # one write: lines stay whole
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: the ranks share this node's cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    try:
+        friendly_errors(train)(OmegaConf.create(resolved))
+    finally:  # a rank that exits with gloo's threads still running aborts ("terminate called ...")
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
