@@ -167,13 +167,15 @@ def case_plain(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: 
 
 
 def case_bare(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: str = "cpu") -> dict:
-    """Lightning's own floor: a bare LightningModule (nn.Linear, cross-entropy, automatic optimization,
-    nothing logged) on the project's in-memory batches, timed like the project's epochs."""
+    """Lightning's own floor: a bare LightningModule with the impl's arithmetic (nn.Linear, cross-entropy and
+    torch.optim.SGD; or the scratch W, b, cross_entropy and SGD), automatic optimization and nothing else,
+    on the project's in-memory batches, timed like the project's epochs."""
     start = time.perf_counter()
     import lightning as L
     import torch
     from torch import nn
 
+    from fashion_mnist_softmax import scratch
     from fashion_mnist_softmax.data import FashionMNISTDataModule
 
     import_s = time.perf_counter() - start
@@ -181,14 +183,19 @@ def case_bare(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: s
     class Bare(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.linear = nn.Linear(784, 10)
+            if impl == "scratch":
+                self.W, self.b = nn.Parameter(torch.normal(0, 0.01, (784, 10))), nn.Parameter(torch.zeros(10))
+            else:
+                self.linear = nn.Linear(784, 10)
 
         def training_step(self, batch, batch_idx):
             x, y = batch
+            if impl == "scratch":
+                return scratch.cross_entropy(x.reshape(-1, 784) @ self.W + self.b, y)
             return nn.functional.cross_entropy(self.linear(x.flatten(1)), y)
 
         def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=LR)
+            return (scratch.SGD if impl == "scratch" else torch.optim.SGD)(self.parameters(), lr=LR)
 
     class Clock(L.Callback):
         def __init__(self) -> None:
@@ -322,10 +329,11 @@ def bench(
     n_train = project_pass["n_train"]
 
     accelerator = "gpu" if trainer == "gpu" else "cpu"
-    pipelines = [("bare LightningModule (automatic optimization)", "concise", "bare")]
-    for impl in impls:  # (name, impl, train.py overrides, or the name of a child case)
+    pipelines = []  # (name, impl, train.py overrides, or the name of a child case)
+    for impl in impls:
         overrides = [f"impl={impl}", f"trainer={trainer}", f"trainer.max_epochs={epochs}"]
-        pipelines += [(f"plain PyTorch loop ({impl})", impl, "plain"), (f"project ({impl})", impl, overrides)]
+        pipelines += [(f"plain PyTorch loop ({impl})", impl, "plain")]
+        pipelines += [(f"bare LightningModule ({impl})", impl, "bare"), (f"project ({impl})", impl, overrides)]
 
     def run_once(name: str, impl: str, how: list[str] | str) -> tuple[dict, dict]:
         if isinstance(how, str):
@@ -342,7 +350,7 @@ def bench(
     for name, impl, how in pipelines:
         if isinstance(how, str):
             rows.append(row(name, how, impl, runs[name], statistics.median(c["pass_s"] for _, c in runs[name])))
-            references[how] = rows[-1]  # the bare LightningModule, then each impl's plain loop
+            references[how] = rows[-1]  # the impl's plain loop and bare LightningModule
             continue
         rows.append(row(name, "project", impl, runs[name], project_pass["pass_s"]))
         rows[-1]["import_s"] = project_pass["import_s"]

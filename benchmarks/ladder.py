@@ -9,7 +9,6 @@ batches of ``FashionMNISTDataModule`` and prints the median training epoch witho
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
@@ -79,7 +78,7 @@ def lightning_fit(ds: InMemoryFashionMNIST, model: L.LightningModule, layers: se
         callbacks += [EpochSummary(), StopOnDivergedLoss(), SaveOnInterrupt(tmp)]
         callbacks += [ModelCheckpoint(tmp, monitor="train/acc", mode="max"), ModelCheckpoint(tmp, filename="last")]
     if "progress bar" in layers:
-        callbacks.append(EpochProgressBar())
+        callbacks.append(EpochProgressBar(refresh_rate=20))  # as in conf/callbacks/default.yaml
     trainer = L.Trainer(
         max_epochs=EPOCHS,
         accelerator="cpu",
@@ -100,6 +99,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="data")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of all rungs, interleaved")
     args = parser.parse_args()
     images, labels = load_split(args.data_root, train=True)
     ds = InMemoryFashionMNIST(images, labels)
@@ -116,14 +116,16 @@ def main() -> None:
         ("+ TensorBoard logger", project({"callbacks", "logger"})),
         ("+ progress bar", project({"callbacks", "logger", "progress bar"})),
     ]
+    epochs: dict[str, list[float]] = {name: [] for name, _ in rungs}
+    for _ in range(args.repeats):  # interleaved, so that a slow spell of a shared machine hits every rung alike
+        for name, run in rungs:
+            with tempfile.TemporaryDirectory() as tmp:
+                epochs[name] += run(tmp)[1:]
     print("| rung | epoch (median) | × plain loop | × bare LightningModule |\n|---|---|---|---|")
-    base = bare = None
-    for name, run in rungs:
-        with tempfile.TemporaryDirectory() as tmp:
-            epoch = statistics.median(run(tmp)[1:])
-        base = base or epoch
-        bare = bare or (epoch if name.startswith("bare") else None)
-        print(f"| {name} | {epoch:.3f} s | {epoch / base:.2f} | {epoch / bare if bare else math.nan:.2f} |", flush=True)
+    base, bare = (statistics.median(epochs[name]) for name, _ in rungs[:2])
+    for name, _ in rungs:
+        epoch = statistics.median(epochs[name])
+        print(f"| {name} | {epoch:.3f} s | {epoch / base:.2f} | {epoch / bare:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

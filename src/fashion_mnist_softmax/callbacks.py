@@ -147,19 +147,21 @@ class StopOnDivergedLoss(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"].detach()
-        self._losses.append(loss)
         every = self.check_every or (1 if loss.device.type == "cpu" else 50)
-        if len(self._losses) < every and not trainer.is_last_batch:
-            return
-        losses, self._losses = torch.stack(self._losses).float().cpu(), []
-        bad = (~(losses.abs() <= self.max_loss)).nonzero()  # NaN fails every comparison
-        if len(bad):
-            first = int(bad[0])
+        if every == 1:
+            losses = [float(loss)]
+        else:
+            self._losses.append(loss)
+            if len(self._losses) < every and not trainer.is_last_batch:
+                return
+            losses, self._losses = torch.stack(self._losses).float().cpu().tolist(), []
+        bad = [i for i, value in enumerate(losses) if not abs(value) <= self.max_loss]  # NaN fails every comparison
+        if bad:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             raise UserError(
                 f"Training stopped: the loss diverged (a non-finite loss, or above {self.max_loss:g}) at epoch "
-                f"{trainer.current_epoch + 1}, batch {batch_idx - len(losses) + first + 2}: loss "
-                f"{float(losses[first]):g}. The likely cause is a learning rate that is too high "
+                f"{trainer.current_epoch + 1}, batch {batch_idx - len(losses) + bad[0] + 2}: loss "
+                f"{losses[bad[0]]:g}. The likely cause is a learning rate that is too high "
                 f"(optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1). Checkpoints from earlier epochs are kept."
             )
 
