@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 
 from fashion_mnist_softmax import metrics
 from fashion_mnist_softmax.errors import friendly_errors
-from fashion_mnist_softmax.evaluation import evaluate
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
@@ -16,6 +15,8 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 @friendly_errors
 def main(cfg: DictConfig) -> float:
+    from fashion_mnist_softmax.evaluation import evaluate  # torch and Lightning load once the config passed its checks
+
     return evaluate(cfg)[metrics.TEST_ACC]
 
 

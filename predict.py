@@ -7,7 +7,6 @@ import hydra
 from omegaconf import DictConfig
 
 from fashion_mnist_softmax.errors import friendly_errors
-from fashion_mnist_softmax.prediction import predict
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
@@ -15,6 +14,8 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
+    from fashion_mnist_softmax.prediction import predict  # torch loads once the config passed its checks
+
     predict(cfg)
 
 

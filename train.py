@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 
 from fashion_mnist_softmax import metrics
 from fashion_mnist_softmax.errors import friendly_errors
-from fashion_mnist_softmax.training import train
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
@@ -17,6 +16,8 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @friendly_errors
 def main(cfg: DictConfig) -> float:
     """The returned ``val/acc_best`` is the objective of Optuna sweeps."""
+    from fashion_mnist_softmax.training import train  # torch and Lightning load once the config passed its checks
+
     return train(cfg)[metrics.VAL_ACC_BEST]
 
 

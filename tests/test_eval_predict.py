@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import get_class
 from PIL import Image, ImageDraw
 
 from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.checkpoints import DATA_STATE, MODELS
+from fashion_mnist_softmax.data import FashionMNISTDataModule
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.evaluation import evaluate
 from fashion_mnist_softmax.prediction import PREDICTIONS_FILE, predict, to_fashion_mnist
@@ -190,3 +193,10 @@ def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app, run):
     cfg = compose_cfg([f"paths.output_dir={tmp_path}", "indices=[0]"][: 2 if app == "predict" else 1], config_name=app)
     with pytest.raises(UserError, match=r"No checkpoint given: add ckpt_path="):
         run(cfg)
+
+
+def test_the_checkpoint_registry_names_the_projects_own_models():
+    for path, name in MODELS.items():
+        cls = get_class(path)
+        assert f"{cls.__module__}.{cls.__qualname__}" == path and cls.name == name
+    assert FashionMNISTDataModule.__qualname__ == DATA_STATE  # where Lightning saves the DataModule's state

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from fashion_mnist_softmax import metrics as m
 from conftest import ROOT, tiny_overrides
 
 # batch size 1: 448 steps an epoch, long enough to land a signal in the middle of the second one
-STEPS_PER_EPOCH, EPOCHS = 448, 3
+STEPS_PER_EPOCH, EPOCHS = 448, 2
 
 
 def train_args(archives: Path, root: Path, name: str, *extra: str) -> list[str]:
@@ -94,32 +95,35 @@ def final_state(run: Path) -> tuple[dict[str, torch.Tensor], int]:
 
 @pytest.fixture(scope="module")
 def runs(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One command run five times: two uninterrupted; one SIGKILLed, one SIGINTed and one SIGTERMed in the
-    middle of epoch 2, each then resumed in its own dir."""
+    """One command run five times at once: two uninterrupted; one SIGKILLed, one SIGINTed and one SIGTERMed in
+    the middle of epoch 2, each then resumed in its own dir."""
     root = tmp_path_factory.mktemp("resume")
-    procs = {name: start(train_args(fake_archives, root, name), root / f"{name}.log") for name in ("a", "b", "killed")}
-    rc, _ = stop_in_epoch_2(procs["killed"], signal.SIGKILL, root / "killed.log")
-    assert rc == -signal.SIGKILL and not (root / "killed" / m.METRICS_FILE).exists()
+    signals = {"killed": signal.SIGKILL, "sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
+    procs = {name: start(train_args(fake_archives, root, name), root / f"{name}.log") for name in ("a", "b", *signals)}
+
+    def stop(name: str) -> tuple[int, str]:
+        return stop_in_epoch_2(procs[name], signals[name], root / f"{name}.log")
+
+    with ThreadPoolExecutor(len(signals)) as pool:  # each signal lands as soon as its run starts epoch 2
+        stopped = dict(zip(signals, pool.map(stop, signals), strict=True))
     for name in ("a", "b"):
         assert finish(procs[name], root / f"{name}.log")[0] == 0
+    assert stopped["killed"][0] == -signal.SIGKILL and not (root / "killed" / m.METRICS_FILE).exists()
     assert (
         torch.load(root / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH
     )
-    resume(fake_archives, root, "killed")
-
-    for name, sig, status in (("sigint", signal.SIGINT, 1), ("sigterm", signal.SIGTERM, 128 + signal.SIGTERM)):
-        proc = start(train_args(fake_archives, root, name), root / f"{name}.log")
-        rc, out = stop_in_epoch_2(proc, sig, root / f"{name}.log")  # one at a time: nothing else slows it down
+    for name, status in (("sigint", 1), ("sigterm", 128 + signal.SIGTERM)):
         last = root / name / "checkpoints" / "last.ckpt"
-        assert rc == status and f"Interrupted: saved {last}" in out
+        assert stopped[name][0] == status and f"Interrupted: saved {last}" in stopped[name][1]
         step = torch.load(last, weights_only=True)["global_step"]
         assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH, "saved by the signal, in the middle of epoch 2"
         assert list((root / name / "checkpoints").glob("epoch000-*.ckpt")), "the best checkpoint of epoch 1 is gone"
         events = EventAccumulator(str(root / name / "tensorboard"))
         events.Reload()
         assert len(events.Scalars(m.VAL_ACC)) == 1, "epoch 1 reached the event file"
-        resume(fake_archives, root, name)
-    return {name: root / name for name in ("a", "b", "killed", "sigint", "sigterm")}
+    with ThreadPoolExecutor(len(signals)) as pool:
+        list(pool.map(lambda name: resume(fake_archives, root, name), signals))
+    return {name: root / name for name in ("a", "b", *signals)}
 
 
 def test_two_identical_runs_give_identical_histories(runs):

@@ -12,27 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 
-from fashion_mnist_softmax.classifier import MODEL_CLASS, Classifier
-from fashion_mnist_softmax.concise import ConciseSoftmaxRegression
-from fashion_mnist_softmax.data import FashionMNISTDataModule
+from fashion_mnist_softmax.config import existing_checkpoint
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.scratch import ScratchSoftmaxRegression
 
-MODELS: dict[str, type[Classifier]] = {
-    f"{cls.__module__}.{cls.__qualname__}": cls for cls in (ScratchSoftmaxRegression, ConciseSoftmaxRegression)
+MODEL_CLASS = "model_class"  # the key of the model's class, by import path
+MODELS = {  # the only classes a checkpoint may name, by import path, with what impl= calls them
+    "fashion_mnist_softmax.scratch.ScratchSoftmaxRegression": "scratch",
+    "fashion_mnist_softmax.concise.ConciseSoftmaxRegression": "concise",
 }
-DATA_STATE = FashionMNISTDataModule.__qualname__  # Lightning saves a DataModule's state under its class name
+DATA_STATE = "FashionMNISTDataModule"  # Lightning saves a DataModule's state under its class name
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint of this project with ``weights_only=True``; one clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"No checkpoint at {path}: the file does not exist. Give ckpt_path=<run dir>/checkpoints/last.ckpt "
-            f"or another .ckpt file in a run's checkpoints/ folder."
-        )
+    path = existing_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the weights-only unpickler fails on garbage in many ways
@@ -51,21 +46,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_class(ckpt: dict[str, Any], path: str | Path) -> type[Classifier]:
-    """The project's model class that a checkpoint names; anything else is refused."""
+def model_class(ckpt: dict[str, Any], path: str | Path) -> str:
+    """The import path of the project's model class that a checkpoint names; anything else is refused."""
     name = ckpt[MODEL_CLASS]
     if name not in MODELS:
         raise UserError(
             f"The checkpoint {path} names the model class {name!r}, which is not one of this project's models "
             f"({', '.join(MODELS)}). Only those are built from a checkpoint. Give a .ckpt file written by train.py."
         )
-    return MODELS[name]
+    return name
 
 
-def load_model(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
+def check_checkpoint(path: str | Path, impl_target: str | None = None) -> None:
+    """A checkpoint of this project's, holding ``impl_target`` where one is asked for (to resume it)."""
+    found = MODELS[model_class(load_checkpoint(path), path)]
+    if impl_target is not None and found != (asked := MODELS.get(impl_target)):
+        raise UserError(
+            f"The checkpoint {path} holds a {found} model, but impl={asked} was asked for. "
+            f"Use impl={found} to resume it, or a checkpoint of a {asked} run."
+        )
+
+
+def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The model saved in a checkpoint, in eval mode, and the DataModule state (preprocessing) it was trained with."""
     ckpt = load_checkpoint(path)
-    cls = model_class(ckpt, path)
+    cls = get_class(model_class(ckpt, path))  # one of MODELS, never a class the checkpoint chose
     try:
         model = cls(**ckpt["hyper_parameters"])
         model.load_state_dict(ckpt["state_dict"])

@@ -11,9 +11,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.checkpoints import MODEL_CLASS
 from fashion_mnist_softmax.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
-
-MODEL_CLASS = "model_class"  # the checkpoint key that names the model's class by import path
 
 
 class Classifier(L.LightningModule):

@@ -23,6 +23,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.config import multi_node_refusal
 from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError
 
 
@@ -40,12 +41,7 @@ def start_ranks(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     """Train ``cfg`` in one process per device of ``trainer``; return the metrics that rank 0 wrote."""
     run_dir = Path(cfg.paths.output_dir)
     if trainer.num_nodes > 1:
-        raise UserError(
-            f"trainer.num_nodes={trainer.num_nodes} needs a launcher that starts the processes of every node, and "
-            f"this run (or a multirun with a local launcher) starts only this node's. On a SLURM cluster use "
-            f"hydra/launcher=submitit_slurm with hydra.launcher.nodes={trainer.num_nodes} and "
-            f"hydra.launcher.tasks_per_node=<devices>, or start train.py with torchrun on every node."
-        )
+        raise multi_node_refusal(trainer.num_nodes)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     digest = config_digest(resolved)
     print(f"ddp job {run_dir}: {trainer.num_devices} ranks on this node, config {digest}\n", end="", flush=True)

@@ -13,7 +13,7 @@ from fashion_mnist_softmax import console
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.callbacks import Figures
 from fashion_mnist_softmax.checkpoints import load_model
-from fashion_mnist_softmax.config import given_ckpt_path
+from fashion_mnist_softmax.config import check_eval_config
 from fashion_mnist_softmax.data import FashionMNISTDataModule
 
 
@@ -23,7 +23,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     The model and its preprocessing come from the checkpoint; ``cfg.data`` only says where the data is.
     """
     console.quiet()
-    model, data_state = load_model(given_ckpt_path(cfg))
+    check_eval_config(cfg)
+    model, data_state = load_model(cfg.ckpt_path)
     datamodule: FashionMNISTDataModule = instantiate(cfg.data)
     datamodule.load_state_dict(data_state)
     out_dir = Path(cfg.paths.output_dir)

@@ -14,12 +14,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fashion_mnist_softmax import console
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.checkpoints import load_model
-from fashion_mnist_softmax.config import given_ckpt_path
+from fashion_mnist_softmax.config import as_list, check_predict_config, image_files
 from fashion_mnist_softmax.data import FashionMNISTDataModule, InMemoryFashionMNIST, standardise
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fashion_mnist import CLASS_NAMES, IMAGE_SIZE
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PREDICTIONS_FILE = "predictions.json"
 
 
@@ -50,26 +49,6 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def image_files(paths: list[str]) -> list[Path]:
-    """The files named, with the images in each named folder in name order."""
-    files = []
-    for name in paths:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise UserError(
-                    f"The folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
-                    f"Give image files or a folder of images."
-                )
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"The image {path} does not exist. Check the path given in images=[...].")
-    return files
-
-
 def read_image(path: Path) -> np.ndarray:
     """One image file as a Fashion-MNIST-like 28×28 uint8 array; a clear error if it is not an image."""
     try:
@@ -78,7 +57,7 @@ def read_image(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(
             f"The file {path} cannot be read as an image ({type(e).__name__}: {e}). Give PNG, JPEG or other "
-            f"image files, or remove this one from images=[...]."
+            f"image files, or remove this one from images=."
         ) from None
 
 
@@ -99,13 +78,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     The model and its preprocessing come from the checkpoint alone.
     """
     console.quiet()
-    if not cfg.images and not cfg.indices:
-        raise UserError("Nothing to predict: give images=[a.png,b.jpg] (files or folders) or indices=[0,1,2].")
-    model, data_state = load_model(given_ckpt_path(cfg))
-    files = image_files(list(cfg.images))
+    check_predict_config(cfg)
+    model, data_state = load_model(cfg.ckpt_path)
+    files = image_files(cfg.images)
     rows = [{"source": str(f)} for f in files]
     images = [torch.from_numpy(read_image(f)) for f in files]
-    if indices := [int(i) for i in cfg.indices]:
+    if indices := as_list(cfg.indices):
         datamodule: FashionMNISTDataModule = instantiate(cfg.data)
         datamodule.setup("test")
         test_set = datamodule.test_set

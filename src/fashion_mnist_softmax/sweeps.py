@@ -1,7 +1,9 @@
-"""A multirun's summary, written into the sweep dir when it ends: ``summary.csv`` and ``summary.md``.
+"""A multirun's summary in its sweep dir: ``summary.csv`` and ``summary.md``, rewritten as each job ends.
 
-One row per job, best ``val/acc_best`` first; when the sweep varies ``seed``, also the mean ± std
-over seeds of every other configuration (``summary_seeds.csv``).
+One row per job, best ``val/acc_best`` first, failed jobs last with their reason; with Optuna, the trial
+number; when the sweep varies ``seed``, also the mean ± std over seeds of every other configuration
+(``summary_seeds.csv``). The summary is written when each job ends, so that it is there even when a
+failed job ends the sweep, and when the multirun ends, which then ends non-zero if any job failed.
 """
 
 from __future__ import annotations
@@ -12,66 +14,104 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.errors import ERROR_FILE, JobFailed
 
 SUMMARY_CSV, SUMMARY_MD, SEEDS_CSV = "summary.csv", "summary.md", "summary_seeds.csv"
 SUMMARY_METRICS = (m.VAL_ACC_BEST, m.TEST_ACC, m.TEST_LOSS)
-SEED = "seed"
+SEED, STATUS, REASON, TRIAL = "seed", "status", "reason", "trial"
 
 
 class SweepSummary(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``): summarises the sweep dir at the end of a multirun."""
+    """Hydra callback (``conf/hydra/default.yaml``): the sweep dir's summary, after every job and at the end."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_summary(Path(config.hydra.sweep.dir), config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(Path(config.hydra.sweep.dir))
+        rows = write_summary(Path(config.hydra.sweep.dir), config, final=True)
+        if failed := [row for row in rows if row[STATUS] == "failed"]:
+            raise JobFailed(
+                f"{len(failed)} of {len(rows)} jobs failed: see {Path(config.hydra.sweep.dir) / SUMMARY_MD}."
+            )
 
 
-def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Each job dir's overrides (``.hydra/overrides.yaml``) and metrics (empty if the job left none)."""
+def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
+    """Each job dir's overrides, status, reason if it failed, and metrics."""
     jobs = []
-    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: int(p.parent.parent.name)):
         job_dir = overrides_file.parent.parent
         overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [])
-        found = m.read_metrics(job_dir) if (job_dir / m.METRICS_FILE).is_file() else {}
-        jobs.append(
-            {"job": job_dir.name, "overrides": overrides, "metrics": {k: found.get(k) for k in SUMMARY_METRICS}}
-        )
+        found, status, reason = {}, "running", ""
+        if (job_dir / m.METRICS_FILE).is_file():
+            found, status = m.read_metrics(job_dir), "ok"
+        elif (job_dir / ERROR_FILE).is_file():
+            status, reason = "failed", (job_dir / ERROR_FILE).read_text().split("\n\n")[0].strip()
+        elif final:
+            status, reason = "failed", "the job left neither metrics.json nor error.txt (killed?)"
+        metrics = {k: found.get(k) for k in SUMMARY_METRICS}
+        jobs.append({"job": job_dir.name, "overrides": overrides, STATUS: status, REASON: reason, "metrics": metrics})
     return jobs
 
 
-def _best_first(value: float | None) -> float:
-    return -value if value is not None else float("inf")
+def trial_numbers(config: DictConfig, jobs: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Each job's Optuna trial number (its job number in an in-memory study); None without Optuna."""
+    sweeper = config.hydra.sweeper
+    if "optuna" not in str(sweeper.get("_target_", "")):
+        return None
+    if not sweeper.get("storage"):
+        return {job["job"]: int(job["job"]) for job in jobs}
+    import optuna
+
+    numbers = {}
+    trials = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage).trials
+    for job in jobs:  # the sweeper writes a trial's parameters into the job's overrides as name=str(value)
+        same = [t.number for t in trials if all(job["overrides"].get(k) == str(v) for k, v in t.params.items())]
+        if same:
+            numbers[job["job"]] = same[-1]
+    return numbers
 
 
-def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """One row per job (varying overrides + metrics), best first; and the overrides all jobs share."""
+def _best_first(row: dict[str, Any]) -> tuple:
+    value = row[m.VAL_ACC_BEST]
+    return (row[STATUS] != "ok", -value if value is not None else 0.0)
+
+
+def summary_rows(jobs: list[dict[str, Any]], trials: dict[str, int] | None = None) -> tuple[list[dict], dict]:
+    """One row per job (varying overrides, status, metrics, reason), best first; and the overrides all jobs share."""
     keys = list(dict.fromkeys(k for job in jobs for k in job["overrides"]))
     varying = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
     common = {k: jobs[0]["overrides"][k] for k in keys if k not in varying}
-    rows = [{"job": job["job"], **{k: job["overrides"].get(k, "") for k in varying}, **job["metrics"]} for job in jobs]
-    return sorted(rows, key=lambda row: _best_first(row[m.VAL_ACC_BEST])), common
+    rows = []
+    for job in jobs:
+        row = {"job": job["job"]} | ({TRIAL: trials.get(job["job"], "")} if trials is not None else {})
+        row |= {k: job["overrides"].get(k, "") for k in varying} | {STATUS: job[STATUS]} | job["metrics"]
+        rows.append(row | {REASON: job[REASON]})
+    return sorted(rows, key=_best_first), common
 
 
 def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample std over seeds of each configuration (the other varying overrides)."""
-    config_keys = [k for k in rows[0] if k not in ("job", SEED, *SUMMARY_METRICS)]
+    config_keys = [k for k in rows[0] if k not in ("job", TRIAL, SEED, STATUS, REASON, *SUMMARY_METRICS)]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        if row[m.VAL_ACC_BEST] is not None:
+        if row[STATUS] == "ok":
             groups.setdefault(tuple(row[k] for k in config_keys), []).append(row)
     out = []
     for config, members in groups.items():
-        out_row: dict[str, Any] = dict(zip(config_keys, config, strict=True))
-        out_row["seeds"] = len(members)
+        out_row: dict[str, Any] = dict(zip(config_keys, config, strict=True)) | {"seeds": len(members)}
         for metric in SUMMARY_METRICS:
             values = [r[metric] for r in members]
             out_row[f"{metric} mean"] = statistics.fmean(values)
             out_row[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out.append(out_row)
-    return sorted(out, key=lambda row: _best_first(row[f"{m.VAL_ACC_BEST} mean"]))
+    return sorted(out, key=lambda row: -row[f"{m.VAL_ACC_BEST} mean"])
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -82,41 +122,45 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return "failed"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    """A value for reading: metrics to 4 decimals, numbers given on the command line to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    try:
+        return f"{float(value):.4g}" if isinstance(value, str) and "." in value else str(value)
+    except ValueError:
+        return str(value)
 
 
-def _markdown_table(header: list[str], lines: list[list[str]]) -> str:
-    return "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(li) + " |" for li in lines)]
-    )
+def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = list(rows[0])
+    lines = [[_cell(v).replace("|", "/") for v in row.values()] for row in rows]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(li) + " |" for li in lines),
+    ]
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool = False) -> list[dict[str, Any]]:
     """Write ``summary.csv``/``summary.md`` (and ``summary_seeds.csv``) into ``sweep_dir``; return the rows."""
-    jobs = read_jobs(sweep_dir)
-    if not jobs:
-        return []
-    rows, common = summary_rows(jobs)
-    _write_csv(sweep_dir / SUMMARY_CSV, rows)
-    md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, best `{m.VAL_ACC_BEST}` first."]
-    if common:
-        md += ["", "Common overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items())]
-    md += ["", _markdown_table(list(rows[0]), [[_cell(v) for v in row.values()] for row in rows])]
-    if SEED in rows[0] and (seeds := seed_rows(rows)):
-        _write_csv(sweep_dir / SEEDS_CSV, seeds)
-        n_config = len(seeds[0]) - 2 * len(SUMMARY_METRICS)  # the configuration's overrides and "seeds"
-        lines = [
-            [_cell(v) for v in list(row.values())[:n_config]]
-            + [f"{row[f'{x} mean']:.4f} ± {row[f'{x} std']:.4f}" for x in SUMMARY_METRICS]
-            for row in seeds
-        ]
-        md += [
-            "",
-            "## Mean ± std over seeds",
-            "",
-            _markdown_table([*list(seeds[0])[:n_config], *SUMMARY_METRICS], lines),
-        ]
-    (sweep_dir / SUMMARY_MD).write_text("\n".join(md) + "\n")
+    with FileLock(str(sweep_dir / ".summary.lock")):  # jobs that end together write one after the other
+        jobs = read_jobs(sweep_dir, final)
+        if not jobs:
+            return []
+        rows, common = summary_rows(jobs, trial_numbers(config, jobs) if config is not None else None)
+        _write_csv(sweep_dir / SUMMARY_CSV, rows)
+        ok = sum(row[STATUS] == "ok" for row in rows)
+        md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {ok} ok, best `{m.VAL_ACC_BEST}` first."]
+        if common:
+            md += ["", "Common overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items())]
+        md += ["", *_markdown_table(rows)]
+        if SEED in rows[0] and (seeds := seed_rows(rows)):
+            _write_csv(sweep_dir / SEEDS_CSV, seeds)
+            shown = [
+                {k: v for k, v in row.items() if not k.endswith((" mean", " std"))}
+                | {x: f"{row[f'{x} mean']:.4f} ± {row[f'{x} std']:.4f}" for x in SUMMARY_METRICS}
+                for row in seeds
+            ]
+            md += ["", "## Mean ± std over seeds", "", *_markdown_table(shown)]
+        (sweep_dir / SUMMARY_MD).write_text("\n".join(md) + "\n")
     return rows

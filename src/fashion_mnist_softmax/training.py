@@ -13,8 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from fashion_mnist_softmax import console, distributed
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.callbacks import EpochSummary, SaveOnInterrupt, StopOnDivergedLoss
+from fashion_mnist_softmax.checkpoints import check_checkpoint, load_checkpoint
 from fashion_mnist_softmax.config import check_train_config
-from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.errors import UserError, paragraph
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -26,6 +27,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics."""
     console.quiet()
     check_train_config(cfg)
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, cfg.impl._target_)
     run_dir = Path(cfg.paths.output_dir)
     summary = EpochSummary()
     checkpoint = ModelCheckpoint(
@@ -54,25 +57,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.impl)
     if trainer.is_global_zero:
         print(f"{model.name} softmax regression, run dir {run_dir}")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
-    named = {"best": checkpoint.best_model_path, "last": str(run_dir / "checkpoints" / "last.ckpt")}
-    test_ckpt = named.get(cfg.test_ckpt, cfg.test_ckpt)
-    if cfg.test_ckpt == "best" and not test_ckpt:
-        raise UserError(
-            f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its first "
-            f"validation (trainer.max_steps or trainer.limit_val_batches=0 can do that), so no checkpoint was "
-            f"chosen by {m.VAL_ACC}. Use test_ckpt=last to test the final model."
+    resumed = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    trained = len(resumed["callbacks"].get(EpochSummary.__qualname__, {}).get("history", [])) if resumed else 0
+    if trained >= cfg.trainer.max_epochs:
+        print(
+            paragraph(
+                f"Nothing left to train: {cfg.ckpt_path} has finished {trained} epochs, and trainer.max_epochs="
+                f"{cfg.trainer.max_epochs}. Testing it as it is; raise trainer.max_epochs to train it further."
+            )
         )
+        summary.load_state_dict(resumed["callbacks"][EpochSummary.__qualname__])
+        test_ckpt = cfg.ckpt_path
+    else:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        named = {"best": checkpoint.best_model_path, "last": str(run_dir / "checkpoints" / "last.ckpt")}
+        test_ckpt = named.get(cfg.test_ckpt, cfg.test_ckpt)
+        if cfg.test_ckpt == "best" and not test_ckpt:
+            raise UserError(
+                f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its "
+                f"first validation (trainer.max_steps or trainer.limit_val_batches=0 can do that), so no checkpoint "
+                f"was chosen by {m.VAL_ACC}. Use test_ckpt=last to test the final model."
+            )
+    history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)[0]
-
+    val_accs = [row[m.VAL_ACC] for row in history if m.VAL_ACC in row]
     metrics = {
         "impl": model.name,
         "seed": cfg.seed,
         m.TEST_ACC: tested[m.TEST_ACC],
         m.TEST_LOSS: tested[m.TEST_LOSS],
-        m.VAL_ACC_BEST: float(checkpoint.best_model_score),
-        "test_ckpt": trainer.ckpt_path,
+        m.VAL_ACC_BEST: max(val_accs) if val_accs else None,
+        "test_ckpt": str(test_ckpt),
         "hparams": OmegaConf.to_container(cfg, resolve=True),
         "history": history,
     }

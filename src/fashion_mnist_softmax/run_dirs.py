@@ -1,0 +1,87 @@
+"""Before a run writes anything: check its config, and claim a run directory of its own.
+
+Hydra creates the run dir and writes ``.hydra/`` into it before the task starts, and names it after the
+second the run started in, so that runs started in the same second would share it. This Hydra callback
+(``conf/hydra/default.yaml``) comes first: it refuses a mistaken config in one paragraph, so that a
+refused run leaves nothing behind, then creates the dir with ``mkdir``, which only one process can do,
+and names it ``<time>_1``, ``<time>_2``, ... when another run took the name first.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from fashion_mnist_softmax.config import CHECKS, multi_node_refusal, writable
+from fashion_mnist_softmax.errors import UserError, refuse
+
+
+def claim(wanted: Path) -> Path:
+    """Create ``wanted``, or the first of ``wanted_1``, ``wanted_2``, ... that no one else created; return it."""
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():
+        path = wanted if n == 0 else wanted.with_name(f"{wanted.name}_{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _given(config: DictConfig, key: str) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
+
+
+def prepare(config: DictConfig, kind: str, app: str | None) -> None:
+    """Check ``config`` and give it a dir of its own: ``kind`` is "run" or "sweep"."""
+    if kind == "run" and app in CHECKS:
+        CHECKS[app](config)
+        if config.get("ckpt_path"):
+            from fashion_mnist_softmax.checkpoints import check_checkpoint  # torch: only to read a checkpoint
+
+            check_checkpoint(config.ckpt_path, config.impl._target_ if app == "train" else None)
+    local = "slurm" not in str(config.hydra.launcher.get("_target_", "")).lower()
+    if kind == "sweep" and local and (num_nodes := OmegaConf.select(config, "trainer.num_nodes", default=1) or 1) > 1:
+        raise multi_node_refusal(num_nodes)
+    node = config.hydra[kind]
+    wanted = Path(str(node.dir)).absolute()
+    if _given(config, f"hydra.{kind}.dir"):  # the user's own choice: used as it is, if it holds no other run
+        writable(wanted, f"The {kind} dir (hydra.{kind}.dir)")
+        resuming = (
+            app == "train" and config.get("ckpt_path") and Path(config.ckpt_path).absolute().parent.parent == wanted
+        )
+        if wanted.is_dir() and any(wanted.iterdir()) and not resuming:
+            raise UserError(
+                f"The {kind} directory {wanted} already holds another run, which this one would overwrite. Leave "
+                f"hydra.{kind}.dir out to get a new directory, or choose an empty one"
+                + (f"; to resume that run, add ckpt_path={wanted}/checkpoints/last.ckpt." if kind == "run" else ".")
+            )
+        return
+    writable(config.paths.log_dir, "The log folder (paths.log_dir)")
+    claimed = claim(wanted)
+    with read_write(config.hydra), open_dict(config.hydra):
+        node.dir = str(claimed)
+        if kind == "sweep":  # each job's config is composed again from these overrides
+            quoted = str(claimed).replace("\\", "\\\\").replace("'", "\\'")
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
+
+
+class BeforeRun(Callback):
+    """Hydra callback: :func:`prepare` each run and each multirun before Hydra writes anything."""
+
+    def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        try:
+            prepare(config, "run", config_name)
+        except UserError as e:
+            refuse(e)
+
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        try:
+            prepare(config, "sweep", config_name)
+        except UserError as e:
+            refuse(e)

@@ -1,0 +1,224 @@
+"""Fault injection, single runs: every mistake refused in one paragraph before any work, and no run harms another.
+
+Each case is a real train.py / predict.py process next to a finished reference run in the same log folder.
+Each asserts the exit status, one paragraph and no traceback, that no epoch ran where the mistake could be
+found first, that the reference run's files are byte for byte as they were, and that nothing was lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fashion_mnist_softmax import metrics as m
+
+from conftest import ROOT, run_script, tiny_overrides
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the hash of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(fake_archives: Path) -> Iterator[Path]:
+    """A folder that every user may enter: some cases run as an unprivileged user, for whom permissions count."""
+    folder = Path(tempfile.mkdtemp(prefix="faults-", dir="/tmp"))
+    folder.chmod(0o777)
+    shutil.copytree(fake_archives, folder / "archives")
+    yield folder
+    for path in folder.rglob("*"):  # let the clean-up into read-only folders
+        if path.is_dir():
+            path.chmod(0o777)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def args(world: Path, *extra: str, log_dir: Path | None = None) -> list[str]:
+    """train.py overrides on the synthetic data, runs under ``<log_dir>/train/runs/<time>``."""
+    tiny = tiny_overrides(world / "archives", world / "data", world / "unused")
+    tiny = [o for o in tiny if not o.startswith("paths.output_dir=")]
+    return [*tiny, f"paths.log_dir={log_dir or world / 'logs'}", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(world: Path) -> Path:
+    """A finished two-epoch run in ``<world>/logs``; every case below must leave it as it is."""
+    result = run_script("train.py", *args(world), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (world / "logs" / "train" / "runs").iterdir()
+    return run
+
+
+def run_dirs(world: Path) -> set[Path]:
+    return set((world / "logs" / "train" / "runs").iterdir())
+
+
+def refused(result: subprocess.CompletedProcess, *phrases: str) -> str:
+    """The one paragraph of a refused run, after checking the exit status, the traceback and the epochs."""
+    console = result.stdout + result.stderr
+    assert result.returncode == 2, console[-3000:]
+    assert "Traceback" not in console and "epoch 1," not in console, console[-3000:]
+    error = result.stderr[result.stderr.index("Error: ") :]
+    assert "\n\n" not in error.strip(), error  # one paragraph
+    for phrase in phrases:
+        assert phrase in " ".join(error.split()), error
+    return error
+
+
+@pytest.mark.parametrize(
+    ("override", "phrase"),
+    [
+        ("test_ckpt=bestt", "test_ckpt='bestt' is not valid: it must be best (by val/acc), last, or the path"),
+        ("seed=abc", "seed='abc' is not valid: it must be a whole number"),
+        ("data.normalize=maybe", "data.normalize='maybe' is not valid: it must be true or false"),
+        ("data.batch_size=0", "data.batch_size=0 is not valid: it must be a whole number of at least 1"),
+        ("optim.momentum=1.5", "optim.momentum=1.5 is not valid"),
+        ("impl=scratch optim=adam", "impl=scratch trains with its hand-written SGD"),
+    ],
+)
+def test_a_config_mistake_is_refused_before_anything_is_written(world, reference, override, phrase):
+    before, dirs = fingerprint(reference), run_dirs(world)
+    refused(run_script("train.py", *args(world, *override.split())), phrase)
+    assert run_dirs(world) == dirs, "a refused run left a run dir behind"
+    assert fingerprint(reference) == before
+
+
+def test_training_into_another_runs_dir_is_refused_and_rewrites_nothing(world, reference):
+    before = fingerprint(reference)
+    result = run_script("train.py", *args(world, f"hydra.run.dir={reference}"))
+    refused(result, f"The run directory {reference} already holds another run", "ckpt_path=")
+    assert fingerprint(reference) == before, "the other run's files, .hydra/ included, must stay as they were"
+
+
+def unprivileged(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    """``script`` as a user for whom file permissions count (root writes into read-only folders)."""
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp"}
+    command = [*prefix, sys.executable, str(ROOT / script), *arguments]
+    return subprocess.run(command, cwd="/tmp", env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("place", ["log", "data", "run"])
+def test_a_read_only_folder_is_refused_before_anything_is_written(world, reference, place):
+    read_only = world / f"read-only-{place}"
+    read_only.mkdir(mode=0o555, exist_ok=True)
+    read_only.chmod(0o555)
+    given = {  # the other places are new folders in <world>, where anyone may write
+        "log": [f"paths.log_dir={read_only / 'logs'}", f"data.root={world / 'data-of-nobody'}"],
+        "data": [f"data.root={read_only / 'data'}"],
+        "run": [f"hydra.run.dir={read_only / 'run'}", f"data.root={world / 'data-of-nobody'}"],
+    }[place]
+    before, dirs = fingerprint(reference), run_dirs(world)
+    result = unprivileged("train.py", *args(world, *given))
+    refused(result, "cannot be written to", str(read_only))
+    assert not any(read_only.iterdir()) and run_dirs(world) == dirs
+    assert fingerprint(reference) == before
+
+
+def test_four_runs_started_together_each_get_a_run_dir_of_their_own(world, fake_archives):
+    log_dir = world / "together"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *args(world, f"seed={seed}", "trainer.max_epochs=1", log_dir=log_dir),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2, 3, 4)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outputs]
+    runs = sorted((log_dir / "train" / "runs").iterdir())
+    assert len(runs) == 4
+    assert sorted(m.read_metrics(run)["seed"] for run in runs) == [1, 2, 3, 4]
+    printed = "".join(out for out, _ in outputs)
+    for run in runs:
+        metrics = m.read_metrics(run)
+        assert f"run dir {run}" in printed
+        assert len(metrics["history"]) == 1 and metrics[m.TEST_ACC] > 0
+        assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
+        assert len(list((run / "checkpoints").glob("*.ckpt"))) == 2  # its own best and last, nobody else's
+        writers = {path.name.split(".")[-2] for path in (run / "tensorboard").glob("events.out.tfevents.*")}
+        assert len(writers) == 1, "event files of one process only"
+        assert (run / ".hydra" / "overrides.yaml").read_text().count(f"seed={metrics['seed']}") == 1
+
+
+@pytest.mark.parametrize("max_epochs", [2, 3])
+def test_resuming_a_finished_run_into_a_new_dir(world, reference, max_epochs):
+    before, dirs = fingerprint(reference), run_dirs(world)
+    last = reference / "checkpoints" / "last.ckpt"
+    result = run_script("train.py", *args(world, f"trainer.max_epochs={max_epochs}", f"ckpt_path={last}"))
+    console = result.stdout + result.stderr
+    assert result.returncode == 0 and "Traceback" not in console, console[-3000:]
+    (new,) = run_dirs(world) - dirs
+    metrics, old = m.read_metrics(new), m.read_metrics(reference)
+    assert [row["epoch"] for row in metrics["history"]] == list(range(1, max_epochs + 1))
+    if max_epochs == 2:
+        assert "Nothing left to train" in " ".join(result.stdout.split()) and "epoch 3," not in console
+        assert metrics[m.TEST_ACC] == old[m.TEST_ACC] and metrics[m.VAL_ACC_BEST] == old[m.VAL_ACC_BEST]
+    else:
+        assert "epoch 3," in console and "Nothing left to train" not in console
+    assert fingerprint(reference) == before
+
+
+@pytest.fixture(scope="module")
+def photos(world: Path) -> Path:
+    folder = world / "photos"
+    folder.mkdir(exist_ok=True)
+    for name in ("a.jpg", "b.png"):
+        Image.new("RGB", (40, 60), "white").save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("given", "sources"),
+    [
+        ("images=a.jpg", ["a.jpg"]),
+        ("images={photos}/a.jpg", ["a.jpg"]),
+        ("images=[a.jpg,{photos}]", ["a.jpg", "a.jpg", "b.png"]),
+        ("indices=5", ["test[5]"]),
+        ("indices=[1,2]", ["test[1]", "test[2]"]),
+    ],
+)
+def test_predict_takes_plain_values(world, reference, photos, given, sources):
+    out = world / "predict" / re.sub(r"\W", "_", given)
+    data = [o for o in args(world) if o.startswith("data.")]
+    ckpt = reference / "checkpoints" / "last.ckpt"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "predict.py"),
+            f"ckpt_path={ckpt}",
+            given.format(photos=photos),
+            *data,
+            f"hydra.run.dir={out}",
+        ],
+        cwd=photos,  # relative image paths are read from the working directory
+        env={**os.environ, "PROJECT_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "predictions.json").read_text())
+    assert [Path(row["source"]).name for row in rows] == sources
