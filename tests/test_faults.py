@@ -222,3 +222,13 @@ def test_predict_takes_plain_values(world, reference, photos, given, sources):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((out / "predictions.json").read_text())
     assert [Path(row["source"]).name for row in rows] == sources
+
+
+@pytest.mark.parametrize("problem", ["missing", "other impl"])
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_anything_is_written(world, reference, problem):
+    ckpt = reference / "checkpoints" / ("nowhere.ckpt" if problem == "missing" else "last.ckpt")
+    before, dirs = fingerprint(reference), run_dirs(world)
+    result = run_script("train.py", *args(world, "impl=scratch", f"ckpt_path={ckpt}"))  # the reference is concise
+    phrase = f"No checkpoint at {ckpt}" if problem == "missing" else "holds a concise model, but impl=scratch"
+    refused(result, phrase)
+    assert run_dirs(world) == dirs and fingerprint(reference) == before
