@@ -67,11 +67,15 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> tuple[int
     return proc.returncode, out
 
 
-def stop_in_epoch_2(proc: subprocess.Popen, sig: int, log: Path) -> tuple[int, str]:
+def stop_in_epoch_2(proc: subprocess.Popen, sig: int, run: Path) -> tuple[int, str]:
+    """Send ``sig`` to the run in ``run`` early in its epoch 2; its exit status and its stdout."""
     seen = wait_for_line(proc, "epoch 1,")
+    last, deadline = run / "checkpoints" / "last.ckpt", time.monotonic() + 60
+    while not last.exists() and time.monotonic() < deadline:  # the epoch line comes before epoch 1's checkpoint
+        time.sleep(0.01)
     time.sleep(0.05)
     proc.send_signal(sig)
-    rc, out = finish(proc, log)
+    rc, out = finish(proc, run.parent / f"{run.name}.log")
     assert "epoch 2," not in seen + out, "the run finished epoch 2 before the signal"
     return rc, seen + out
 
@@ -102,7 +106,7 @@ def runs(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     procs = {name: start(train_args(fake_archives, root, name), root / f"{name}.log") for name in ("a", "b", *signals)}
 
     def stop(name: str) -> tuple[int, str]:
-        return stop_in_epoch_2(procs[name], signals[name], root / f"{name}.log")
+        return stop_in_epoch_2(procs[name], signals[name], root / name)
 
     with ThreadPoolExecutor(len(signals)) as pool:  # each signal lands as soon as its run starts epoch 2
         stopped = dict(zip(signals, pool.map(stop, signals), strict=True))

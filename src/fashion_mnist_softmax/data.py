@@ -88,9 +88,11 @@ class InMemoryFashionMNIST(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An index tensor of shape S gives images of shape (*S, 1, 28, 28) and labels of shape S."""
         if isinstance(index, torch.Tensor):  # index_select gathers a batch several times faster than indexing
-            index = index.to(self.images.device)
-            images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
+            flat = index.reshape(-1).to(self.images.device)
+            images = self.images.index_select(0, flat).view(*index.shape, *self.images.shape[1:])
+            labels = self.labels.index_select(0, flat).view(index.shape)
         else:
             images, labels = self.images[index], self.labels[index]
         return images.unsqueeze(-3).float().div_(255), labels

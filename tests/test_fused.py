@@ -1,0 +1,89 @@
+"""``hydra/launcher=fused``: every job of a fused sweep ends as if it had run alone, on the synthetic data."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.errors import ERROR_FILE
+from fashion_mnist_softmax.evaluation import evaluate
+from fashion_mnist_softmax.sweeps import SUMMARY_CSV
+from fashion_mnist_softmax.training import train
+
+from conftest import run_script, tiny_overrides
+
+# 32 jobs: impl x lr x momentum x weight decay x seed, at learning rates where training is stable (README)
+GRID = {
+    "impl": ("scratch", "concise"),
+    "optim.lr": ("0.01", "0.05"),
+    "optim.momentum": ("0.0", "0.5"),
+    "optim.weight_decay": ("0.0", "0.001"),
+    "seed": ("1", "2"),
+}
+
+
+@pytest.fixture(scope="module")
+def fused(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], object]:
+    """The sweep dir of a fused multirun over GRID, its common overrides and the train.py result."""
+    tmp = tmp_path_factory.mktemp("fused")
+    common = [o for o in tiny_overrides(fake_archives, tmp / "data", tmp) if not o.startswith("paths.output_dir")]
+    sweep = [f"{key}={','.join(values)}" for key, values in GRID.items()]
+    result = run_script("train.py", "-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp / 'logs'}", *sweep)
+    (sweep_dir,) = (tmp / "logs" / "train" / "multiruns").iterdir()
+    return sweep_dir, common, result
+
+
+def test_every_fused_job_equals_its_lone_run(fused, tiny_cfg, tmp_path):
+    sweep_dir, _, result = fused
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Training 32 jobs as one fused group" in result.stdout + result.stderr
+    jobs = sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+    assert len(jobs) == 32
+    for job, values in zip(jobs, itertools.product(*GRID.values()), strict=True):
+        overrides = [f"{key}={value}" for key, value in zip(GRID, values, strict=True)]
+        assert OmegaConf.load(job / ".hydra" / "overrides.yaml")[-len(overrides) :] == overrides
+        alone = train(tiny_cfg(*overrides, f"paths.output_dir={tmp_path / job.name}"))
+        together = m.read_metrics(job)
+        assert together.keys() == alone.keys() and together["impl"] == alone["impl"]
+        for row_t, row_a in zip(together["history"], alone["history"], strict=True):
+            for key in (m.TRAIN_LOSS, m.VAL_LOSS):
+                assert row_t[key] == pytest.approx(row_a[key], abs=1e-4), (job.name, key)
+            for key in (m.TRAIN_ACC, m.VAL_ACC):
+                assert row_t[key] == pytest.approx(row_a[key], abs=0.002), (job.name, key)
+        assert together[m.TEST_ACC] == pytest.approx(alone[m.TEST_ACC], abs=0.002)
+        assert together[m.TEST_LOSS] == pytest.approx(alone[m.TEST_LOSS], abs=1e-4)
+        assert (job / "checkpoints" / "last.ckpt").is_file() and len(list((job / "checkpoints").glob("*.ckpt"))) == 2
+        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+    assert len((sweep_dir / SUMMARY_CSV).read_text().splitlines()) == 33
+
+
+def test_eval_of_a_fused_checkpoint_gives_its_jobs_test_accuracy(fused, compose_cfg, fake_archives, tmp_path):
+    sweep_dir, common, _ = fused
+    for job in ("0", "31"):  # a scratch job and a concise one
+        metrics = m.read_metrics(sweep_dir / job)
+        data = [o for o in common if o.startswith("data.")]
+        cfg = compose_cfg([f"ckpt_path={metrics['test_ckpt']}", f"paths.output_dir={tmp_path / job}", *data], "eval")
+        evaluated = evaluate(cfg)
+        assert evaluated["impl"] == metrics["impl"]
+        assert evaluated[m.TEST_ACC] == pytest.approx(metrics[m.TEST_ACC], abs=1e-6)
+        assert evaluated[m.TEST_LOSS] == pytest.approx(metrics[m.TEST_LOSS], abs=1e-5)
+
+
+def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp_path / 'logs'}", "optim.lr=1e30,0.05"]
+    result = run_script("train.py", *args, "seed=1,2")
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert "the loss diverged" in " ".join(result.stderr.split())
+    for job in ("0", "1"):  # lr 1e30
+        assert (sweep / job / ERROR_FILE).read_text().startswith("Training stopped: the loss diverged")
+        assert not (sweep / job / m.METRICS_FILE).exists()
+    for job in ("2", "3"):
+        assert m.read_metrics(sweep / job)[m.TEST_ACC] > 0.5
+        assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 14
