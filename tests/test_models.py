@@ -217,3 +217,16 @@ def test_epoch_time_leaves_validation_out(tiny_cfg):
     trainer = L.Trainer(max_epochs=1, callbacks=[summary, slow], **QUIET)
     trainer.fit(instantiate(cfg.impl), datamodule=instantiate(cfg.data))
     assert 0 < summary.history[0]["time_s"] < slow.train_time + 0.5
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_a_short_last_batch_weighs_what_it_holds(tiny_cfg, impl):
+    # 128 test images in batches of 48: 48, 48 and 32. The logged loss is the mean over images, as the
+    # chapter's Accumulator sums it, not the mean of the three batch means.
+    cfg = tiny_cfg(f"impl={impl}", "data.batch_size=48")
+    model, datamodule = instantiate(cfg.impl), instantiate(cfg.data)
+    (logged,) = L.Trainer(**QUIET).test(model, datamodule=datamodule, verbose=False)
+    losses = [F.cross_entropy(model(x), y, reduction="none") for x, y in datamodule.test_dataloader()]
+    assert [len(batch) for batch in losses] == [48, 48, 32]
+    assert logged["test/loss"] == pytest.approx(torch.cat(losses).mean().item(), abs=1e-6)
+    assert logged["test/loss"] != pytest.approx(torch.stack([b.mean() for b in losses]).mean().item(), abs=1e-6)

@@ -60,7 +60,9 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, y)
         mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
-        mean_loss.update(loss, weight=len(y))
+        # the batch's mean once per image: a short last batch weighs what it holds. Not weight=len(y), which
+        # torchmetrics drops when nan_strategy="disable" (Lightning-AI/torchmetrics#3434)
+        mean_loss.update(loss.detach().expand(len(y)))
         accuracy.update(logits, y)
         if batch_idx == 0 or stage not in self._logged:  # an epoch resumed in its middle has no batch 0 here
             self._logged.add(stage)
