@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.errors import ERROR_FILE
@@ -87,3 +90,30 @@ def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
     for job in ("2", "3"):
         assert m.read_metrics(sweep / job)[m.TEST_ACC] > 0.5
         assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 14
+
+
+def logged(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar and image a job logged to TensorBoard: (step, value) per tag, images as (step, width)."""
+    events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    found = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return found | {f"image {tag}": [(e.step, e.width) for e in events.Images(tag)] for tag in events.Tags()["images"]}
+
+
+def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_cfg, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    common = [o for o in common if o != "callbacks=none"] + ["callbacks=inspection"]
+    args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp_path / 'logs'}", "optim.lr=0.05,0.1"]
+    result = run_script("train.py", *args, "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    train(tiny_cfg("callbacks=inspection", "optim.lr=0.1", "seed=2", f"paths.output_dir={tmp_path / 'alone'}"))
+    together, alone = logged(sweep / "3"), logged(tmp_path / "alone")
+    timed = (m.TRAIN_EPOCH_TIME, m.TRAIN_THROUGHPUT, "epoch")  # clocks, and the epoch Lightning adds to each write
+    assert together.keys() == alone.keys() and "train/loss_step" in alone and "lr-SGD" in alone
+    for tag in alone.keys() - set(timed):
+        assert [s for s, _ in together[tag]] == [s for s, _ in alone[tag]], tag
+        assert [v for _, v in together[tag]] == pytest.approx([v for _, v in alone[tag]], abs=1e-4), tag
+    for name in (m.SAMPLES, m.WEIGHTS, m.CURVES, m.CONFUSION, m.PREDICTIONS):
+        pixels = [np.asarray(Image.open(d / "figures" / f"{name}.png")) for d in (sweep / "3", tmp_path / "alone")]
+        assert pixels[0].shape == pixels[1].shape and np.abs(pixels[0].astype(int) - pixels[1]).max() <= 2, name

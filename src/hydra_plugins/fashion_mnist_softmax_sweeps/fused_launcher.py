@@ -67,7 +67,7 @@ class FusedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from fashion_mnist_softmax.errors import ERROR_FILE, JobFailed, paragraph
-        from fashion_mnist_softmax.fused import group_key, train_group, why_not_fused  # torch and Lightning
+        from fashion_mnist_softmax.fused_jobs import group_key, train_group, why_not_fused  # torch and Lightning
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
