@@ -311,6 +311,94 @@ def run_child(
     return proc, json.loads(result.read_text())
 
 
+# the issue's sweeps: the chapter's recipe over impl x lr x momentum (x weight decay) x seed
+SWEEP_GRIDS = {
+    4: ["impl=scratch,concise", "seed=1,2"],
+    32: ["impl=scratch,concise", "optim.lr=0.03,0.1,0.2,0.3", "optim.momentum=0,0.5", "seed=1,2"],
+    128: [
+        "impl=scratch,concise",
+        "optim.lr=0.03,0.1,0.2,0.3",
+        "optim.momentum=0,0.5",
+        "optim.weight_decay=0,1e-4",
+        "seed=1,2,3,4",
+    ],
+}
+LOSS_TOL, ACC_TOL = 1e-4, 0.002  # the correctness tolerances of the fused launcher
+
+
+def sweep_py(out: Path, name: str, data_root: Path, *overrides: str) -> tuple[dict, list[dict]]:
+    """``python train.py -m experiment=d2l ...``: its process figures and each job's metrics.json, by job number."""
+    sweep_dir = out / "sweeps" / name
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    cmd = [sys.executable, "train.py", "-m", "experiment=d2l", f"hydra.sweep.dir={sweep_dir}", f"data.root={data_root}"]
+    cmd += ["data.search_dirs=[]", "data.download=false", "data.expected_sizes=null", *overrides]
+    proc = run_measured(cmd, out / f"sweep-{name}.log")
+    jobs = sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+    return proc, [json.loads((job / "metrics.json").read_text()) for job in jobs]
+
+
+def agreement(fused: list[dict], basic: list[dict]) -> dict:
+    """How far each fused job is from the same job under the basic launcher, and, as the floor of what
+    floating point allows, how far each scratch job is from its concise twin under the basic launcher."""
+
+    def gaps(a: dict, b: dict) -> tuple[float, float]:
+        rows = list(zip(a["history"], b["history"], strict=True))
+        loss = max(abs(x[k] - y[k]) for x, y in rows for k in ("train/loss", "val/loss"))
+        acc = max(
+            [abs(x[k] - y[k]) for x, y in rows for k in ("train/acc", "val/acc")] + [abs(a["test/acc"] - b["test/acc"])]
+        )
+        return loss, acc
+
+    pairs = [gaps(f, b) for f, b in zip(fused, basic, strict=True)]
+    lrs = [b["hparams"]["optim"]["lr"] for b in basic]
+    oks = [(loss <= LOSS_TOL and acc <= ACC_TOL, lr) for (loss, acc), lr in zip(pairs, lrs, strict=True)]
+    half = len(basic) // 2  # impl is the grid's first key: scratch jobs first, then their concise twins
+    twins = [gaps(basic[i], basic[i + half]) for i in range(half)]
+    return {
+        "jobs": len(pairs),
+        "within_tolerance": sum(ok for ok, _ in oks),
+        "within_tolerance_by_lr": {  # lr: [jobs within tolerance, jobs]
+            str(lr): [sum(ok for ok, job_lr in oks if job_lr == lr), sum(job_lr == lr for _, job_lr in oks)]
+            for lr in sorted({job_lr for _, job_lr in oks})
+        },
+        "max_loss_gap": max(loss for loss, _ in pairs),
+        "max_acc_gap": max(acc for _, acc in pairs),
+        "twins_max_loss_gap": max(loss for loss, _ in twins),
+        "twins_max_acc_gap": max(acc for _, acc in twins),
+    }
+
+
+def sweeps(out: Path, root: Path, sizes: list[int], epochs: int, trainer: str, plain_job_s: float | None) -> list[dict]:
+    """Each sweep of ``sizes`` under the basic launcher and the fused one, with callbacks=none and the default
+    callbacks, side by side; ``plain_job_s`` is the plain loop's process time for one job, imports included."""
+    rows = []
+    for size in sizes:
+        common = [*SWEEP_GRIDS[size], f"trainer={trainer}", f"trainer.max_epochs={epochs}"]
+        for callbacks in ("none", "default"):
+            lone, _ = train_py(out, f"lone-{callbacks}", root, *common[-2:], f"callbacks={callbacks}")
+            basic_proc, basic = sweep_py(out, f"{size}-basic-{callbacks}", root, *common, f"callbacks={callbacks}")
+            fused_proc, fused = sweep_py(
+                out, f"{size}-fused-{callbacks}", root, *common, f"callbacks={callbacks}", "hydra/launcher=fused"
+            )
+            rows.append(
+                {
+                    "jobs": size,
+                    "callbacks": callbacks,
+                    "basic_s": basic_proc["process_s"],
+                    "fused_s": fused_proc["process_s"],
+                    "ratio": basic_proc["process_s"] / fused_proc["process_s"],
+                    "fused_per_job_s": fused_proc["process_s"] / size,
+                    "plain_loop_job_s": plain_job_s,
+                    "basic_peak_rss_mb": basic_proc["peak_rss_mb"],
+                    "fused_peak_rss_mb": fused_proc["peak_rss_mb"],
+                    # a lone run, plus K members' parameters and velocities (float32) and a batch for each member
+                    "memory_budget_mb": lone["peak_rss_mb"] + size * (2 * 7850 + BATCH_SIZE * 785) * 4 / 2**20,
+                    "agreement": agreement(fused, basic),
+                }
+            )
+    return rows
+
+
 def bench(
     data_dir: Path,
     out: Path,
@@ -319,6 +407,7 @@ def bench(
     scales: list[int],
     repeats: int,
     trainer: str = "cpu",
+    sweep_sizes: list[int] = (),
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     root = out / "data"
@@ -376,6 +465,9 @@ def bench(
             s["rss_growth_mb"] = s["peak_rss_mb"] - base["peak_rss_mb"]
             s["uint8_growth_mb"] = (s["n_train"] - base["n_train"]) * 28 * 28 / 2**20
 
+    plain = references.get("plain")
+    sweep_rows = sweeps(out, root, list(sweep_sizes), epochs, trainer, plain["process_s"] if plain else None)
+
     project = [r for r in rows if r["pipeline"] == "project"]
     results = {
         "machine": {
@@ -392,12 +484,27 @@ def bench(
         "batch_size": BATCH_SIZE,
         "rows": rows,
         "scale": scale_rows,
+        "sweeps": sweep_rows,
         "targets": {"pass over training data <= 0.1 s": project_pass["pass_s"] <= 0.1},
     }
     for r in project:
         results["targets"][f"{r['name']}: epoch <= 1.25x bare LightningModule ({r['vs_bare']:.2f})"] = (
             r["vs_bare"] <= 1.25
         )
+    for r in sweep_rows:
+        if r["callbacks"] == "none" and r["jobs"] == 32:
+            results["targets"][f"32-job sweep, callbacks=none: fused >= 4x the basic launcher ({r['ratio']:.1f}x)"] = (
+                r["ratio"] >= 4
+            )
+        if r["plain_loop_job_s"] is not None:
+            results["targets"][
+                f"{r['jobs']}-job sweep, callbacks={r['callbacks']}: fused per job ({r['fused_per_job_s']:.2f} s) "
+                f"< the plain loop running that job alone ({r['plain_loop_job_s']:.2f} s)"
+            ] = r["fused_per_job_s"] < r["plain_loop_job_s"]
+        results["targets"][
+            f"{r['jobs']}-job sweep, callbacks={r['callbacks']}: fused peak RSS ({r['fused_peak_rss_mb']:.0f} MB) "
+            f"<= a lone run + K members ({r['memory_budget_mb']:.0f} MB)"
+        ] = r["fused_peak_rss_mb"] <= r["memory_budget_mb"]
     return results
 
 
@@ -429,6 +536,25 @@ def markdown(results: dict) -> str:
                 f"| {s['n_train']:,} ({s['factor']}×) | {s['epoch_s']:.3f} s | {s['epoch_s_per_base']:.2f} "
                 f"| {s['peak_rss_mb']:.0f} MB | {s['rss_growth_mb']:.0f} MB | {s['uint8_growth_mb']:.0f} MB |"
             )
+    if results.get("sweeps"):
+        lines += [
+            "",
+            "| sweep | callbacks | basic launcher | fused | × | fused per job | peak RSS basic / fused "
+            "| fused jobs within 1e-4 / 0.002 of basic (by lr) | largest gap fused-basic "
+            "| largest gap scratch-concise |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["sweeps"]:
+            a = r["agreement"]
+            by_lr = ", ".join(f"lr {lr}: {n}/{k}" for lr, (n, k) in a["within_tolerance_by_lr"].items())
+            lines.append(
+                f"| {r['jobs']} jobs | {r['callbacks']} | {r['basic_s']:.1f} s | {r['fused_s']:.1f} s "
+                f"| {r['ratio']:.1f} | {r['fused_per_job_s']:.2f} s "
+                f"| {r['basic_peak_rss_mb']:.0f} / {r['fused_peak_rss_mb']:.0f} MB "
+                f"| {a['within_tolerance']} of {a['jobs']} ({by_lr}) "
+                f"| loss {a['max_loss_gap']:.1e}, acc {a['max_acc_gap']:.4f} "
+                f"| loss {a['twins_max_loss_gap']:.1e}, acc {a['twins_max_acc_gap']:.4f} |"
+            )
     lines += ["", *(f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in results["targets"].items())]
     return "\n".join(lines) + "\n"
 
@@ -442,6 +568,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scales", nargs="*", type=int, default=[1, 5, 10], help="training-set multiples")
     parser.add_argument("--trainer", choices=("cpu", "gpu", "default"), default="cpu", help="conf/trainer for train.py")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each plain and project pipeline")
+    parser.add_argument(
+        "--sweeps", nargs="*", type=int, choices=sorted(SWEEP_GRIDS), default=[32], help="sweeps of this many jobs"
+    )
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every pipeline; 0: torch's default")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -458,7 +587,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"bench: no Fashion-MNIST archives in {args.data_dir}; pass --data-dir with the four *-ubyte.gz files")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    results = bench(args.data_dir, args.out, args.epochs, args.impls, args.scales, args.repeats, args.trainer)
+    results = bench(
+        args.data_dir, args.out, args.epochs, args.impls, args.scales, args.repeats, args.trainer, args.sweeps
+    )
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (args.out / "bench.md").write_text(table)
