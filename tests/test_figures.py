@@ -67,3 +67,29 @@ def test_curves_plot_one_line_per_series():
     (ax,) = fig.axes
     assert [line.get_label() for line in ax.lines] == ["train/loss", "val/acc"]
     assert list(ax.lines[1].get_ydata()) == [0.7, 0.8, 0.81]
+
+
+def test_confusion_and_predictions_redrawn_in_place_show_what_a_fresh_figure_shows():
+    first, second = torch.randint(0, 50, (10, 10)), torch.randint(0, 50, (10, 10))
+    fig = figures.confusion_figure(first)
+    figures.render(fig)
+    assert figures.confusion_figure(second, fig=fig) is fig
+    fresh = figures.confusion_figure(second)
+    for redrawn, drawn in zip(
+        (ax for ax in fig.axes if ax.images), (ax for ax in fresh.axes if ax.images), strict=True
+    ):
+        assert np.array_equal(redrawn.images[0].get_array(), drawn.images[0].get_array())
+        assert redrawn.images[0].get_clim() == drawn.images[0].get_clim()
+        assert [(t.get_text(), t.get_color()) for t in redrawn.texts] == [
+            (t.get_text(), t.get_color()) for t in drawn.texts
+        ]
+        assert [t.get_text() for t in redrawn.get_yticklabels()] == [t.get_text() for t in drawn.get_yticklabels()]
+
+    images, labels = torch.rand(4, 28, 28), torch.tensor([0, 1, 2, 3])
+    fig = figures.predictions_figure(images, labels, labels)
+    figures.render(fig)
+    figures.predictions_figure(images, labels, torch.tensor([0, 1, 5, 3]), fig=fig)
+    fresh = figures.predictions_figure(images, labels, torch.tensor([0, 1, 5, 3]))
+    assert [(ax.get_title(), ax.title.get_color()) for ax in fig.axes] == [
+        (ax.get_title(), ax.title.get_color()) for ax in fresh.axes
+    ]

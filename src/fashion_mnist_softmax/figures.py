@@ -41,14 +41,25 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor) -> Figure:
     return image_grid(images, get_fashion_mnist_labels(labels))
 
 
-def predictions_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor) -> Figure:
-    """The chapter's last figure: each image titled "true / predicted", wrong predictions in red."""
+def predictions_figure(
+    images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, fig: Figure | None = None
+) -> Figure:
+    """The chapter's last figure: each image titled "true / predicted", wrong predictions in red.
+
+    Given the ``fig`` of an earlier call on the same images, it rewrites only the titles, in place.
+    """
     titles = [
         f"{t}\n{p}" for t, p in zip(get_fashion_mnist_labels(labels), get_fashion_mnist_labels(predicted), strict=True)
     ]
     colors = [WRONG if t != p else "black" for t, p in zip(labels.tolist(), predicted.tolist(), strict=True)]
-    fig = image_grid(images, titles, colors=colors)
-    fig.suptitle("true / predicted (wrong in red)", fontsize=9)
+    if fig is None:
+        fig = image_grid(images, titles, colors=colors)
+        fig.suptitle("true / predicted (wrong in red)", fontsize=9)
+        return fig
+    fig.set_layout_engine("none")
+    for ax, title, color in zip((ax for ax in fig.axes if ax.images), titles, colors, strict=True):
+        ax.title.set_text(title)
+        ax.title.set_color(color)
     return fig
 
 
@@ -82,28 +93,40 @@ def weights_figure(
     return fig
 
 
-def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES) -> Figure:
+def confusion_figure(
+    confusion: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES, fig: Figure | None = None
+) -> Figure:
     """A confusion matrix (rows: true class, columns: predicted) in counts and row-normalised.
 
-    The row-normalised panel's diagonal is each class's accuracy, also written next to its name.
+    The row-normalised panel's diagonal is each class's accuracy, also written next to its name. Given
+    the ``fig`` of an earlier call, it redraws that figure in place: the cells, their numbers and the
+    accuracies change, the layout is kept.
     """
     counts = confusion.detach().cpu().double().numpy()
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     ticks = np.arange(len(class_names))
-    fig = Figure(figsize=(12, 5), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2)
     names = [f"{name} ({acc:.0%})" for name, acc in zip(class_names, np.diag(rates), strict=True)]
-    for ax, values, title, fmt in zip(axes, (counts, rates), ("counts", "row-normalised"), ("d", ".2f"), strict=True):
-        shown = ax.imshow(values, cmap="Blues")
-        for (i, j), v in np.ndenumerate(values):
-            color = "white" if v > 0.6 * values.max() else "black"
-            ax.text(j, i, format(int(v) if fmt == "d" else v, fmt), ha="center", va="center", fontsize=7, color=color)
-        ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    panels = ((counts, "counts", "d"), (rates, "row-normalised", ".2f"))
+    if fig is None:
+        fig = Figure(figsize=(12, 5), dpi=DPI, layout="constrained")
+        for ax, (values, title, _) in zip(fig.subplots(1, 2), panels, strict=True):
+            shown = ax.imshow(values, cmap="Blues")
+            for i, j in np.ndindex(values.shape):
+                ax.text(j, i, "", ha="center", va="center", fontsize=7)
+            ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true (per-class accuracy)")
+            ax.set_title(title)
+            fig.colorbar(shown, ax=ax, shrink=0.8)
+    else:
+        fig.set_layout_engine("none")
+    for ax, (values, _, fmt) in zip((ax for ax in fig.axes if ax.images), panels, strict=True):
+        ax.images[0].set_data(values)
+        ax.images[0].set_clim(values.min(), values.max())
+        for text, v in zip(ax.texts, values.flat, strict=True):
+            text.set_text(format(int(v) if fmt == "d" else v, fmt))
+            text.set_color("white" if v > 0.6 * values.max() else "black")
         ax.set_yticks(ticks, names, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true (per-class accuracy)")
-        ax.set_title(title)
-        fig.colorbar(shown, ax=ax, shrink=0.8)
     return fig
 
 

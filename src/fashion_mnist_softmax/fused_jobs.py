@@ -254,12 +254,12 @@ class FusedJobs(L.Callback):
             return
         confusion = self._confusion.view(-1, 10, 10).cpu()
         images, labels, predicted = (torch.cat(parts) for parts in zip(*self._shown, strict=True))
+        confusion_fig = predictions_fig = None  # drawn for the first member, redrawn in place for the others
         for member in self._alive(module, self.drawn):
-            member.publish(
-                m.CONFUSION, figures.render(figures.confusion_figure(confusion[member.k])), trainer.global_step
-            )
-            fig = figures.predictions_figure(images, labels, predicted[:, member.k])
-            member.publish(m.PREDICTIONS, figures.render(fig), trainer.global_step)
+            confusion_fig = figures.confusion_figure(confusion[member.k], fig=confusion_fig)
+            member.publish(m.CONFUSION, figures.render(confusion_fig), trainer.global_step)
+            predictions_fig = figures.predictions_figure(images, labels, predicted[:, member.k], fig=predictions_fig)
+            member.publish(m.PREDICTIONS, figures.render(predictions_fig), trainer.global_step)
 
 
 def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
