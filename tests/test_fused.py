@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -117,3 +118,54 @@ def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_c
     for name in (m.SAMPLES, m.WEIGHTS, m.CURVES, m.CONFUSION, m.PREDICTIONS):
         pixels = [np.asarray(Image.open(d / "figures" / f"{name}.png")) for d in (sweep / "3", tmp_path / "alone")]
         assert pixels[0].shape == pixels[1].shape and np.abs(pixels[0].astype(int) - pixels[1]).max() <= 2, name
+
+
+def test_optuna_batches_train_fused_and_the_study_gets_each_jobs_value(fake_archives, tmp_path):
+    # batch size, epochs and normalize fixed on the command line: each batch of trials differs only in lr,
+    # weight decay and momentum, so it trains as one group under the cosine schedule of hparams_search=optuna
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "data.normalize=false"]
+    search += [f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=fused", "hydra/launcher=fused"]
+    result = run_script("train.py", "-m", *common, f"paths.log_dir={tmp_path / 'logs'}", *search)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count("Training 2 jobs as one fused group") == 2
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    study = optuna.load_study(study_name="fused", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    for trial in study.trials:
+        metrics = m.read_metrics(sweep / str(trial.number))
+        assert trial.value == pytest.approx(metrics[m.VAL_ACC_BEST])
+        assert metrics["hparams"]["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
+
+
+def test_jobs_that_cannot_fuse_run_alone_and_say_why(fake_archives, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp_path / 'logs'}", "optim=sgd,adam"]
+    result = run_script("train.py", *args, "impl=concise", "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Job 1 runs alone: the optimizer torch.optim.Adam is not SGD" in output
+    assert "Training 1 job as one fused group: 0" in output
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert [m.read_metrics(sweep / job)[m.TEST_ACC] > 0.5 for job in ("0", "1")] == [True, True]
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_fused_sweep_on_a_gpu_ends_where_it_ends_on_the_cpu(fake_archives, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    sweeps = {}
+    for accelerator in ("cpu", "gpu"):
+        logs = tmp_path / accelerator
+        args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={logs}", f"trainer.accelerator={accelerator}"]
+        result = run_script("train.py", *args, "optim.lr=0.05,0.1", "seed=1,2")
+        assert result.returncode == 0, result.stderr[-3000:]
+        (sweeps[accelerator],) = (logs / "train" / "multiruns").iterdir()
+    for job in ("0", "1", "2", "3"):
+        cpu, gpu = (m.read_metrics(sweeps[a] / job) for a in ("cpu", "gpu"))
+        assert gpu[m.TEST_ACC] == pytest.approx(cpu[m.TEST_ACC], abs=0.002)
+        assert gpu[m.TEST_LOSS] == pytest.approx(cpu[m.TEST_LOSS], abs=1e-4)
+        state = torch.load(sweeps["gpu"] / job / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+        assert all(t.device.type == "cpu" for t in state["state_dict"].values())

@@ -36,6 +36,19 @@ from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
 MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "data.shuffle_seed", "impl", "paths")
 SGDS = ("torch.optim.SGD", "fashion_mnist_softmax.scratch.SGD")
 HPARAM_KEYS = ("lr", "weight_decay", "momentum", "seed")  # callbacks.hparams.hparams that follow the member keys
+# schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
+SCALING_SCHEDULERS = tuple(
+    f"torch.optim.lr_scheduler.{name}"
+    for name in (
+        "StepLR",
+        "MultiStepLR",
+        "ExponentialLR",
+        "CosineAnnealingLR",
+        "LinearLR",
+        "ConstantLR",
+        "PolynomialLR",
+    )
+)
 
 
 def _drop(cfg: dict[str, Any], dotted: str) -> None:
@@ -72,6 +85,9 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "a step or batch limit"
     if cfg.get("ckpt_path"):
         return "a resumed run"
+    scheduler = cfg.get("scheduler")
+    if scheduler and (scheduler["_target_"] not in SCALING_SCHEDULERS or scheduler.get("eta_min")):
+        return f"the scheduler {scheduler['_target_']} does not scale every member's lr by one factor"
     return None
 
 

@@ -78,13 +78,15 @@ class FusedLauncher(Launcher):
             jobs.append(self._prepare(overrides, idx))
         groups: dict[str, list[_Job]] = {}
         for job in jobs:
-            if why_not_fused(job.resolved) is None:
+            reason = why_not_fused(job.resolved)
+            if reason is None:
                 groups.setdefault(group_key(job.resolved), []).append(job)
             else:  # it runs alone, as under the basic launcher
+                log.info(f"Job {job.config.hydra.job.num} runs alone: {reason}")
                 job.ret = self._run_job(job.config, self.task_function, self.hydra_context)
         for members in groups.values():
             numbers = ", ".join(str(job.config.hydra.job.num) for job in members)
-            log.info(f"Training {len(members)} jobs as one fused group: {numbers}")
+            log.info(f"Training {len(members)} job{'s' * (len(members) > 1)} as one fused group: {numbers}")
             for job in members:
                 HydraConfig.instance().set_config(job.config)
                 self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
