@@ -169,3 +169,15 @@ def test_a_fused_sweep_on_a_gpu_ends_where_it_ends_on_the_cpu(fake_archives, tmp
         assert gpu[m.TEST_LOSS] == pytest.approx(cpu[m.TEST_LOSS], abs=1e-4)
         state = torch.load(sweeps["gpu"] / job / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
         assert all(t.device.type == "cpu" for t in state["state_dict"].values())
+
+
+def test_members_with_their_own_shuffle_seed_see_their_lone_runs_batches(fake_archives, tiny_cfg, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp_path / 'logs'}", "seed=1"]
+    result = run_script("train.py", *args, "data.shuffle_seed=4,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    for job, shuffle_seed in (("0", 4), ("1", 3)):
+        alone = train(tiny_cfg("seed=1", f"data.shuffle_seed={shuffle_seed}", f"paths.output_dir={tmp_path / job}"))
+        for row_t, row_a in zip(m.read_metrics(sweep / job)["history"], alone["history"], strict=True):
+            assert row_t[m.TRAIN_LOSS] == pytest.approx(row_a[m.TRAIN_LOSS], abs=1e-4)

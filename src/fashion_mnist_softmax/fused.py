@@ -2,8 +2,8 @@
 
 A softmax regression has 7,850 parameters: a lone job's time goes to fixed costs (Lightning's loop, Python,
 set-up), not arithmetic. Side by side, the members' weights form one (784, K, 10) tensor: the members that
-share a seed see the same minibatches (each member draws its init and its shuffle exactly as its lone run
-does), so their forward pass is one (B, 784) x (784, K_seed * 10) product. The update is the chapter's SGD
+share a shuffle seed see the same minibatches (each member draws its init and its shuffle exactly as its lone
+run does), so their forward pass is one (B, 784) x (784, K_shuffle * 10) product. The update is the chapter's SGD
 with each member's own lr, momentum and weight decay; a member whose loss diverges fails alone.
 ``fused_jobs`` turns the population back into jobs, each with the outputs of a lone run.
 """
@@ -22,7 +22,7 @@ from fashion_mnist_softmax.data import EpochBatchSampler, FashionMNISTDataModule
 
 
 class StackedSampler:
-    """One (S, B) index tensor per step: batch ``i`` of each seed's own epoch order."""
+    """One (S, B) index tensor per step: batch ``i`` of each shuffle seed's own epoch order."""
 
     def __init__(self, samplers: list[EpochBatchSampler]) -> None:
         self.samplers = samplers
@@ -39,16 +39,16 @@ class StackedSampler:
 
 
 class FusedDataModule(FashionMNISTDataModule):
-    """The DataModule of a lone run, whose training batches come one per seed of the group, stacked."""
+    """The DataModule of a lone run, whose training batches come one per shuffle seed of the group, stacked."""
 
-    def __init__(self, seeds: list[int], **kwargs: Any) -> None:
+    def __init__(self, shuffle_seeds: list[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.seeds = seeds
+        self.shuffle_seeds = shuffle_seeds
 
     def train_dataloader(self) -> DataLoader:
         ds = self.train_set
         ds.to(self.trainer.strategy.root_device)
-        samplers = [EpochBatchSampler(len(ds), self.batch_size, True, seed) for seed in self.seeds]
+        samplers = [EpochBatchSampler(len(ds), self.batch_size, True, seed) for seed in self.shuffle_seeds]
         return DataLoader(ds, batch_size=None, sampler=StackedSampler(samplers))
 
 
@@ -98,12 +98,16 @@ class FusedSGD(torch.optim.Optimizer):
 
 
 class FusedSoftmaxRegression(L.LightningModule):
-    """K softmax regressions as one module: ``W`` (784, K, 10) and ``b`` (K, 10), members ordered by seed."""
+    """K softmax regressions as one module: ``W`` (784, K, 10) and ``b`` (K, 10).
+
+    Member k starts from ``seeds[k]`` and trains on the batches of ``shuffle_seeds[k]``; the members that
+    share a shuffle seed are side by side, in the order of the DataModule's ``shuffle_seeds``.
+    """
 
     def __init__(
         self,
         seeds: list[int],
-        seed_of: list[int],
+        shuffle_seeds: list[int],
         lr: list[float],
         momentum: list[float],
         weight_decay: list[float],
@@ -111,27 +115,28 @@ class FusedSoftmaxRegression(L.LightningModule):
         max_loss: float = 1e6,
     ) -> None:
         super().__init__()
-        k = len(seed_of)
+        k = len(seeds)
         inits = []
-        for seed in seed_of:  # each member's init, drawn exactly as its lone run draws it
+        for seed in seeds:  # each member's init, drawn exactly as its lone run draws it
             L.seed_everything(seed, workers=True, verbose=False)
             inits.append(torch.normal(0.0, 0.01, (10, 784)).T)
         self.W = torch.nn.Parameter(torch.stack(inits, dim=1).contiguous())
         self.b = torch.nn.Parameter(torch.zeros(k, 10))
         for name, values in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
-        self.ranges = [(seed_of.index(s), len(seed_of) - seed_of[::-1].index(s)) for s in seeds]
+        # the members a..c of each shuffle seed: one batch and one matrix product each step
+        self.ranges = [(shuffle_seeds.index(s), k - shuffle_seeds[::-1].index(s)) for s in sorted(set(shuffle_seeds))]
         self.scheduler, self.max_loss = scheduler, max_loss
         self.alive = torch.ones(k, dtype=torch.bool)
         self.failures: dict[int, str] = {}
         self.sums: dict[str, torch.Tensor] = {}
         self.step_losses: list[tuple[int, torch.Tensor]] = []  # (step, each member's loss) as a lone run logs them
 
-    def logits(self, x: torch.Tensor, a: int = 0, c: int | None = None) -> torch.Tensor:
-        """(B, n, 10) logits of members a..c on images x."""
-        c = self.W.shape[1] if c is None else c
-        out = x.reshape(len(x), -1) @ self.W[:, a:c].reshape(784, -1) + self.b[a:c].reshape(-1)
-        return out.view(len(x), c - a, 10)
+    @staticmethod
+    def logits(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(B, n, 10) logits of the n members of ``W`` (784, n, 10) and ``b`` (n, 10) on images x."""
+        out = x.reshape(len(x), -1) @ W.reshape(784, -1) + b.reshape(-1)
+        return out.view(len(x), -1, 10)
 
     def _add(self, stage: str, losses: torch.Tensor, correct: torch.Tensor, n: int, a: int = 0) -> None:
         k = self.W.shape[1]
@@ -147,9 +152,11 @@ class FusedSoftmaxRegression(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        sizes = [c - a for a, c in self.ranges]  # one split, not a slice per seed: its backward is one concatenation
         losses = []
-        for s, (a, c) in enumerate(self.ranges):
-            logits = self.logits(images[s], a, c)
+        blocks = zip(self.W.split(sizes, dim=1), self.b.split(sizes), self.ranges, strict=True)
+        for s, (W, b, (a, _)) in enumerate(blocks):
+            logits = self.logits(images[s], W, b)
             loss = cross_entropy(logits, labels[s])
             self._add("train", loss, (logits.argmax(-1) == labels[s].view(-1, 1)).sum(0), len(labels[s]), a)
             losses.append(loss)
@@ -173,7 +180,7 @@ class FusedSoftmaxRegression(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        logits = self.logits(x)
+        logits = self.logits(x, self.W, self.b)
         predicted = logits.argmax(-1)
         self._add(stage, cross_entropy(logits, y), (predicted == y.view(-1, 1)).sum(0), len(y))
         return predicted

@@ -27,7 +27,7 @@ from PIL import Image
 
 from fashion_mnist_softmax import console, figures
 from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checkpoints import DATA_STATE, MODEL_CLASS
+from fashion_mnist_softmax.checkpoints import DATA_STATE, MODEL_CLASS, MODELS
 from fashion_mnist_softmax.config import check_train_config
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
@@ -35,6 +35,7 @@ from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
 # what the members of one group may differ in; every other key of their configs must be equal
 MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "data.shuffle_seed", "impl", "paths")
 SGDS = ("torch.optim.SGD", "fashion_mnist_softmax.scratch.SGD")
+DATA_MODULE = "fashion_mnist_softmax.data.FashionMNISTDataModule"
 HPARAM_KEYS = ("lr", "weight_decay", "momentum", "seed")  # callbacks.hparams.hparams that follow the member keys
 # schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
 SCALING_SCHEDULERS = tuple(
@@ -71,6 +72,8 @@ def group_key(cfg: dict[str, Any]) -> str:
 def why_not_fused(cfg: dict[str, Any]) -> str | None:
     """Why a job cannot train in a fused group (it then runs alone), or None."""
     trainer = cfg["trainer"]
+    if cfg["impl"]["_target_"] not in MODELS or cfg["data"]["_target_"] != DATA_MODULE:
+        return "a model or DataModule of its own: the fused population is this project's softmax regression"
     if cfg["optim"]["_target_"] not in SGDS:
         return f"the optimizer {cfg['optim']['_target_']} is not SGD"
     if trainer.get("strategy") not in (None, "auto") or trainer.get("devices") not in (1, "auto"):
@@ -292,14 +295,17 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
             results[i] = e
     if not valid:
         return results
-    order = sorted(valid, key=lambda i: cfgs[i]["seed"])  # members that share a seed side by side
+
+    def shuffle_seed(i: int) -> int:
+        return cfgs[i]["data"]["shuffle_seed"]
+
+    order = sorted(valid, key=lambda i: (shuffle_seed(i), cfgs[i]["seed"]))  # members that share batches side by side
     base = cfgs[order[0]]
-    seeds = sorted({cfgs[i]["seed"] for i in order})
     data = {k: v for k, v in base["data"].items() if k not in ("_target_", "shuffle_seed")}
-    datamodule = FusedDataModule(seeds, **data)
+    datamodule = FusedDataModule(sorted({shuffle_seed(i) for i in order}), **data)
     module = FusedSoftmaxRegression(
-        seeds,
         [cfgs[i]["seed"] for i in order],
+        [shuffle_seed(i) for i in order],
         [cfgs[i]["optim"]["lr"] for i in order],
         [cfgs[i]["optim"].get("momentum") or 0.0 for i in order],
         [cfgs[i]["optim"].get("weight_decay") or 0.0 for i in order],
