@@ -19,6 +19,7 @@ from hydra.utils import get_class
 from torch.utils.data import DataLoader
 
 from fashion_mnist_softmax.data import EpochBatchSampler, FashionMNISTDataModule
+from fashion_mnist_softmax.scratch import sgd
 
 
 class StackedSampler:
@@ -61,7 +62,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class FusedSGD(torch.optim.Optimizer):
-    """The chapter's SGD with momentum and weight decay, each member with its own: tensors broadcast over members.
+    """The chapter's :func:`~fashion_mnist_softmax.scratch.sgd`, each member with its own lr, momentum and weight
+    decay: tensors that broadcast over the members.
 
     ``lr`` of the param group is a factor, 1 at the start, that a learning-rate scheduler changes for every
     member alike; a member's step is ``lr * member_lr``.
@@ -88,12 +90,10 @@ class FusedSGD(torch.optim.Optimizer):
                 loss = closure()
         group = self.param_groups[0]
         for p, member in zip(group["params"], self.member, strict=True):
-            g = p.grad + member["weight_decay"] * p
             state = self.state[p]
-            v = state["velocity"] = (
-                g.clone() if "velocity" not in state else state["velocity"].mul_(member["momentum"]).add_(g)
-            )
-            p.sub_(group["lr"] * member["lr"] * v)
+            velocities = {p: state["velocity"]} if "velocity" in state else {}
+            lr = group["lr"] * member["lr"]
+            state["velocity"] = sgd([p], lr, member["momentum"], member["weight_decay"], velocities)[p]
         return loss
 
 

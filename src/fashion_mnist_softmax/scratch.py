@@ -40,23 +40,24 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 @torch.no_grad()
 def sgd(
     params: Iterable[nn.Parameter],
-    lr: float,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
+    lr: float | torch.Tensor,
+    momentum: float | torch.Tensor = 0.0,
+    weight_decay: float | torch.Tensor = 0.0,
     velocities: dict[nn.Parameter, torch.Tensor] | None = None,
 ) -> dict[nn.Parameter, torch.Tensor]:
     """Minibatch SGD: ``param -= lr * grad``, with optional L2 weight decay and heavy-ball momentum.
 
     The chapter's ``d2l.sgd`` divides by the batch size because its loss is a sum; the loss here
     is already the batch mean. Momentum follows ``torch.optim.SGD``: v = momentum * v + g, with
-    v = g on the first step. Returns the velocities, to pass back in at the next step.
+    v = g on the first step. Returns the velocities, to pass back in at the next step. Hyperparameters
+    given as tensors broadcast over the parameter: the fused launcher's members each have their own.
     """
     velocities = {} if velocities is None else velocities
     for p in params:
         if p.grad is None:
             continue
-        g = p.grad + weight_decay * p if weight_decay else p.grad
-        if momentum:
+        g = p.grad + weight_decay * p if torch.is_tensor(weight_decay) or weight_decay else p.grad
+        if torch.is_tensor(momentum) or momentum:
             v = velocities.get(p)
             g = velocities[p] = g.clone() if v is None else v.mul_(momentum).add_(g)
         p.sub_(lr * g)
