@@ -323,6 +323,7 @@ SWEEP_GRIDS = {
         "seed=1,2,3,4",
     ],
 }
+SWEEP_CALLBACKS = ("none", "default")
 LOSS_TOL, ACC_TOL = 1e-4, 0.002  # the correctness tolerances of the fused launcher
 
 
@@ -368,13 +369,22 @@ def agreement(fused: list[dict], basic: list[dict]) -> dict:
     }
 
 
-def sweeps(out: Path, root: Path, sizes: list[int], epochs: int, trainer: str, plain_job_s: float | None) -> list[dict]:
-    """Each sweep of ``sizes`` under the basic launcher and the fused one, with callbacks=none and the default
-    callbacks, side by side; ``plain_job_s`` is the plain loop's process time for one job, imports included."""
+def sweeps(
+    out: Path,
+    root: Path,
+    sizes: list[int],
+    epochs: int,
+    trainer: str,
+    plain_job_s: float | None,
+    callbacks_choices: list[str] = SWEEP_CALLBACKS,
+) -> list[dict]:
+    """Each sweep of ``sizes`` under the basic launcher and the fused one, with each of ``callbacks_choices``
+    (callbacks=none, the default callbacks), side by side; ``plain_job_s`` is the plain loop's process time for
+    one job, imports included."""
     rows = []
     for size in sizes:
         common = [*SWEEP_GRIDS[size], f"trainer={trainer}", f"trainer.max_epochs={epochs}"]
-        for callbacks in ("none", "default"):
+        for callbacks in callbacks_choices:
             lone, _ = train_py(out, f"lone-{callbacks}", root, *common[-2:], f"callbacks={callbacks}")
             basic_proc, basic = sweep_py(out, f"{size}-basic-{callbacks}", root, *common, f"callbacks={callbacks}")
             fused_proc, fused = sweep_py(
@@ -408,6 +418,7 @@ def bench(
     repeats: int,
     trainer: str = "cpu",
     sweep_sizes: list[int] = (),
+    sweep_callbacks: list[str] = SWEEP_CALLBACKS,
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     root = out / "data"
@@ -466,7 +477,8 @@ def bench(
             s["uint8_growth_mb"] = (s["n_train"] - base["n_train"]) * 28 * 28 / 2**20
 
     plain = references.get("plain")
-    sweep_rows = sweeps(out, root, list(sweep_sizes), epochs, trainer, plain["process_s"] if plain else None)
+    plain_job_s = plain["process_s"] if plain else None
+    sweep_rows = sweeps(out, root, list(sweep_sizes), epochs, trainer, plain_job_s, sweep_callbacks)
 
     project = [r for r in rows if r["pipeline"] == "project"]
     results = {
@@ -571,6 +583,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sweeps", nargs="*", type=int, choices=sorted(SWEEP_GRIDS), default=[32], help="sweeps of this many jobs"
     )
+    parser.add_argument(
+        "--sweep-callbacks", nargs="+", choices=SWEEP_CALLBACKS, default=list(SWEEP_CALLBACKS), help="their callbacks"
+    )
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every pipeline; 0: torch's default")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -588,7 +603,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     results = bench(
-        args.data_dir, args.out, args.epochs, args.impls, args.scales, args.repeats, args.trainer, args.sweeps
+        args.data_dir,
+        args.out,
+        args.epochs,
+        args.impls,
+        args.scales,
+        args.repeats,
+        args.trainer,
+        args.sweeps,
+        args.sweep_callbacks,
     )
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)

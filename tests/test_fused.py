@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import optuna
 import pytest
@@ -16,6 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.errors import ERROR_FILE
 from fashion_mnist_softmax.evaluation import evaluate
+from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
+from fashion_mnist_softmax.fused_jobs import why_not_fused
 from fashion_mnist_softmax.sweeps import SUMMARY_CSV
 from fashion_mnist_softmax.training import train
 
@@ -62,6 +66,11 @@ def test_every_fused_job_equals_its_lone_run(fused, tiny_cfg, tmp_path):
         assert together[m.TEST_ACC] == pytest.approx(alone[m.TEST_ACC], abs=0.002)
         assert together[m.TEST_LOSS] == pytest.approx(alone[m.TEST_LOSS], abs=1e-4)
         assert (job / "checkpoints" / "last.ckpt").is_file() and len(list((job / "checkpoints").glob("*.ckpt"))) == 2
+        last = {
+            run: torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
+            for run, d in (("t", job), ("a", tmp_path / job.name))
+        }
+        assert last["t"]["hyper_parameters"] == last["a"]["hyper_parameters"], job.name  # its own lr, momentum...
         assert list((job / "tensorboard").glob("events.out.tfevents.*"))
     assert len((sweep_dir / SUMMARY_CSV).read_text().splitlines()) == 33
 
@@ -181,3 +190,26 @@ def test_members_with_their_own_shuffle_seed_see_their_lone_runs_batches(fake_ar
         alone = train(tiny_cfg("seed=1", f"data.shuffle_seed={shuffle_seed}", f"paths.output_dir={tmp_path / job}"))
         for row_t, row_a in zip(m.read_metrics(sweep / job)["history"], alone["history"], strict=True):
             assert row_t[m.TRAIN_LOSS] == pytest.approx(row_a[m.TRAIN_LOSS], abs=1e-4)
+
+
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_a_diverged_member_is_named_at_its_first_bad_batch_when_losses_are_read_in_batches(tiny_cfg, check_every):
+    """check_every=4 is the accelerator's path (the losses read every few steps), run on the CPU."""
+    data = OmegaConf.to_container(tiny_cfg().data)
+    data.pop("_target_")
+    module = FusedSoftmaxRegression([1, 1], [7, 7], [1e38, 0.05], [0.0, 0.0], [0.0, 0.0], None, check_every=check_every)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=FusedDataModule([7], **data))
+    assert list(module.failures) == [0] and module.alive.tolist() == [False, True]
+    assert re.search(r"epoch 1, batch 2: loss nan\.", module.failures[0]), module.failures[0]
+    assert trainer.global_step == 14 and torch.isfinite(module.W[:, 1]).all()
+
+
+def test_devices_auto_fuses_on_one_gpu_and_runs_alone_on_several(tiny_cfg, monkeypatch):
+    cfg = OmegaConf.to_container(tiny_cfg("trainer.devices=auto", "trainer.accelerator=auto"), resolve=True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert why_not_fused(cfg) is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # Lightning would start DDP on both
+    assert why_not_fused(cfg) == "DDP: a fused group trains in one process"
+    cfg["trainer"]["accelerator"] = "cpu"
+    assert why_not_fused(cfg) is None

@@ -113,6 +113,7 @@ class FusedSoftmaxRegression(L.LightningModule):
         weight_decay: list[float],
         scheduler: dict[str, Any] | None,
         max_loss: float = 1e6,
+        check_every: int | None = None,
     ) -> None:
         super().__init__()
         k = len(seeds)
@@ -127,8 +128,11 @@ class FusedSoftmaxRegression(L.LightningModule):
         # the members a..c of each shuffle seed: one batch and one matrix product each step
         self.ranges = [(shuffle_seeds.index(s), k - shuffle_seeds[::-1].index(s)) for s in sorted(set(shuffle_seeds))]
         self.scheduler, self.max_loss = scheduler, max_loss
+        self.check_every = check_every  # None: 1 on the CPU, 50 on an accelerator
         self.alive = torch.ones(k, dtype=torch.bool)
+        self.register_buffer("alive_mask", self.alive.clone(), persistent=False)  # on the device: no copy per step
         self.failures: dict[int, str] = {}
+        self.recent_losses: list[torch.Tensor] = []  # the training losses not yet checked, one (K,) per step
         self.sums: dict[str, torch.Tensor] = {}
         self.step_losses: list[tuple[int, torch.Tensor]] = []  # (step, each member's loss) as a lone run logs them
 
@@ -165,17 +169,32 @@ class FusedSoftmaxRegression(L.LightningModule):
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:  # read at the epoch's end: no host sync per step
             self.step_losses.append((self.global_step, losses.detach()))
-        return torch.where(self.alive.to(losses.device), losses, torch.zeros_like(losses)).sum()
+        return torch.where(self.alive_mask, losses, torch.zeros_like(losses)).sum()
+
+    def on_train_epoch_start(self) -> None:
+        self.recent_losses = []
 
     def _fail_diverged(self, losses: torch.Tensor, batch_idx: int) -> None:
-        bad = ~(losses.detach().abs() <= self.max_loss).cpu() & self.alive
-        for k in bad.nonzero().flatten().tolist():
-            self.alive[k] = False
+        """Fails each member whose loss is non-finite or above ``max_loss``, naming its first bad batch.
+
+        As the lone run's guard: the losses are read at every step on the CPU, and every ``check_every`` (50)
+        steps and at the epoch's end on an accelerator, where each read makes the host wait for the device.
+        """
+        self.recent_losses.append(losses.detach())
+        every = self.check_every or (1 if losses.device.type == "cpu" else 50)
+        if len(self.recent_losses) < every and not self.trainer.is_last_batch:
+            return
+        recent, self.recent_losses = torch.stack(self.recent_losses).float().cpu(), []
+        bad = ~(recent.abs() <= self.max_loss) & self.alive  # (steps, K); NaN fails every comparison
+        for k in bad.any(dim=0).nonzero().flatten().tolist():
+            first = int(bad[:, k].nonzero()[0])
+            self.alive[k] = self.alive_mask[k] = False
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] * float(self.lr[k])
             self.failures[k] = (
                 f"Training stopped: the loss diverged (a non-finite loss, or above {self.max_loss:g}) at epoch "
-                f"{self.current_epoch + 1}, batch {batch_idx + 1}: loss {float(losses[k]):g}. The likely cause is a "
-                f"learning rate that is too high (optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1)."
+                f"{self.current_epoch + 1}, batch {batch_idx - len(recent) + first + 2}: loss "
+                f"{float(recent[first, k]):g}. The likely cause is a learning rate that is too high "
+                f"(optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1)."
             )
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -28,6 +28,7 @@ from PIL import Image
 from fashion_mnist_softmax import console, figures
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.checkpoints import DATA_STATE, MODEL_CLASS, MODELS
+from fashion_mnist_softmax.classifier import Classifier
 from fashion_mnist_softmax.config import check_train_config
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
@@ -76,7 +77,13 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "a model or DataModule of its own: the fused population is this project's softmax regression"
     if cfg["optim"]["_target_"] not in SGDS:
         return f"the optimizer {cfg['optim']['_target_']} is not SGD"
-    if trainer.get("strategy") not in (None, "auto") or trainer.get("devices") not in (1, "auto"):
+    several_gpus = trainer.get("accelerator") != "cpu" and torch.cuda.device_count() > 1  # devices=auto takes all
+    devices = trainer.get("devices")
+    if (
+        trainer.get("strategy") not in (None, "auto")
+        or devices not in (1, "auto")
+        or (devices == "auto" and several_gpus)
+    ):
         return "DDP: a fused group trains in one process"
     if trainer.get("num_nodes", 1) != 1:
         return "several nodes"
@@ -97,12 +104,12 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
 class Member:
     """One job of a fused group: its config, its job dir, and what it writes there as a lone run would."""
 
-    def __init__(self, cfg: dict[str, Any], k: int) -> None:
-        self.cfg, self.k, self.dir = cfg, k, Path(cfg["paths"]["output_dir"])
+    def __init__(self, cfg: dict[str, Any], k: int, model: Classifier) -> None:
+        """``model``: a model of the member's impl, shared with the other members of that impl, which takes
+        each one's weights in turn to save them."""
+        self.cfg, self.k, self.dir, self.model = cfg, k, Path(cfg["paths"]["output_dir"]), model
         self.history: list[dict[str, float]] = []
         self.best, self.best_path, self.best_state = -math.inf, None, None
-        impl = cfg["impl"]
-        self.model = get_class(impl["_target_"])(optimizer=impl["optimizer"], scheduler=impl["scheduler"])
         self.loggers = [
             get_class(node["_target_"])(**{k: v for k, v in node.items() if k != "_target_"})
             for node in (cfg.get("logger") or {}).values()
@@ -128,7 +135,7 @@ class Member:
         self.model.val_acc_best.max_value.fill_(best)
         state = {
             "state_dict": self.model.state_dict(),
-            "hyper_parameters": dict(self.model.hparams),
+            "hyper_parameters": {**self.model.hparams, **{k: self.cfg["impl"][k] for k in ("optimizer", "scheduler")}},
             MODEL_CLASS: self.model.__module__ + "." + type(self.model).__qualname__,
             DATA_STATE: data_state,
             "epoch": epoch,
@@ -311,7 +318,13 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
         [cfgs[i]["optim"].get("weight_decay") or 0.0 for i in order],
         base.get("scheduler"),
     )
-    members = [Member(cfgs[i], k) for k, i in enumerate(order)]
+    models = {}  # one per impl, shared by its members: a model with its metrics is larger than its weights
+    for impl in (cfgs[i]["impl"] for i in order):
+        if impl["_target_"] not in models:
+            models[impl["_target_"]] = get_class(impl["_target_"])(
+                optimizer=impl["optimizer"], scheduler=impl["scheduler"]
+            )
+    members = [Member(cfgs[i], k, models[cfgs[i]["impl"]["_target_"]]) for k, i in enumerate(order)]
     datamodule.setup("fit")
     jobs = FusedJobs(members, datamodule.state_dict())
     trainer_args = {k: v for k, v in base["trainer"].items() if k not in ("_target_", "default_root_dir")}
