@@ -3,9 +3,9 @@
     make bench                        # the real Fashion-MNIST, 5 epochs, scaling runs at 1x, 5x, 10x
     python benchmarks/bench.py --data-dir DIR --epochs 2 --scales 1 2   # any folder of the four .gz files
 
-Every pipeline runs in a process of its own, started by this script with ``--case``, so that its
-peak RSS (read from ``wait4``) and its process time, imports included, belong to it alone. An
-epoch's time is its training part (validation excluded, as in ``metrics.json``); the median skips
+Every pipeline runs in a process of its own, started by this script with ``--case``, so that its peak
+RSS (read before the interpreter's teardown: ``peak_rss.py``) and its process time, imports included,
+belong to it alone. An epoch's time is its training part (validation excluded, as in ``metrics.json``); the median skips
 the first epoch. Writes ``bench.json`` and ``bench.md`` into ``--out`` and prints the table.
 """
 
@@ -34,15 +34,17 @@ def median_epoch(times: list[float]) -> float:
 
 
 def run_measured(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` to completion; its wall time and its own peak RSS, which ``wait4`` reports per child."""
+    """Run the Python command ``cmd`` to completion; its wall time and its own peak RSS, read before the
+    interpreter's teardown (``benchmarks/peak_rss.py``)."""
+    peak_file = log.with_suffix(".peak_rss")
+    peak_file.unlink(missing_ok=True)
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
-    return {"process_s": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024}
+        wrapped = [cmd[0], str(ROOT / "benchmarks" / "peak_rss.py"), str(peak_file), *cmd[1:]]
+        code = subprocess.run(wrapped, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ}).returncode
+    if code != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed with exit code {code}; see {log}")
+    return {"process_s": time.perf_counter() - start, "peak_rss_mb": float(peak_file.read_text())}
 
 
 # ---- the cases, each run in its own process ----------------------------------------------------

@@ -10,6 +10,7 @@ gets its own job dir with ``.hydra/``, ``metrics.json``, checkpoints and logs, a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -94,6 +95,7 @@ class FusedLauncher(Launcher):
                 outcomes = train_group([job.resolved for job in members])
             except Exception as e:  # what fails the group fails each of its jobs, as it would have failed each alone
                 outcomes = [e] * len(members)
+            gc.collect()  # the group's trainer, model and data sit in reference cycles: free them before the next
             for job, outcome in zip(members, outcomes, strict=True):
                 HydraConfig.instance().set_config(job.config)
                 num = job.config.hydra.job.num
