@@ -179,7 +179,7 @@ def test_to_fashion_mnist_makes_a_light_centred_object_on_black():
     photo = Image.new("RGB", (120, 80), "white")
     ImageDraw.Draw(photo).rectangle([10, 20, 50, 70], fill=(30, 30, 30))  # 41 wide, 51 tall, off centre
     pixels = to_fashion_mnist(photo)
-    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8 and pixels.flags.writeable
     rows, cols = np.nonzero(pixels > 128)
     assert rows.min() == 0 and rows.max() == 27, "the longer side fills the frame"
     assert abs((cols.min() + cols.max()) / 2 - 13.5) <= 1, "the object is centred"

@@ -46,7 +46,7 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     top, left = (side - gray.shape[0]) // 2, (side - gray.shape[1]) // 2
     square[top : top + gray.shape[0], left : left + gray.shape[1]] = gray
     resized = Image.fromarray(square).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    return np.asarray(resized, dtype=np.uint8)
+    return np.array(resized, dtype=np.uint8)  # writable, as torch.from_numpy wants it (it warns otherwise)
 
 
 def read_image(path: Path) -> np.ndarray:
