@@ -144,7 +144,11 @@ def curves_figure(epochs: Sequence[int], curves: Mapping[str, Sequence[float]]) 
 
 
 def render(fig: Figure) -> np.ndarray:
-    """The figure as an (H, W, 3) uint8 RGB array, W×H being its size in inches times its dpi."""
-    canvas = FigureCanvasAgg(fig)
+    """The figure as an (H, W, 3) uint8 RGB array, W×H being its size in inches times its dpi.
+
+    A figure redrawn in place keeps its canvas and the canvas's pixel buffer: a new one for each drawing
+    cost time, and memory that the allocator did not give back.
+    """
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
