@@ -10,6 +10,7 @@ the weights figure) is drawn once.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import time
@@ -248,6 +249,7 @@ class FusedJobs(L.Callback):
             )
 
     def on_fit_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
+        self._weights = None  # drawn for the last time: its memory goes to the test figures
         for member in self._alive(module, self.drawn):
             if member.history:
                 epochs = [row["epoch"] for row in member.history]
@@ -338,6 +340,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
         default_root_dir=Path(base["paths"]["output_dir"]).parent,
     )
     trainer.fit(module, datamodule=datamodule)
+    gc.collect()  # the training's cyclic garbage, freed before K members' test figures are drawn (tens of MB)
     with torch.no_grad():  # each member tested with the checkpoint its test_ckpt names
         for member in members:
             if module.alive[member.k] and base["test_ckpt"] == "best" and member.best_state is not None:

@@ -91,11 +91,13 @@ class FusedLauncher(Launcher):
             for job in members:
                 HydraConfig.instance().set_config(job.config)
                 self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
+            # the jobs' compositions and an earlier group's trainer, model and data sit in reference cycles:
+            # freed before this group loads its data
+            gc.collect()
             try:
                 outcomes = train_group([job.resolved for job in members])
             except Exception as e:  # what fails the group fails each of its jobs, as it would have failed each alone
                 outcomes = [e] * len(members)
-            gc.collect()  # the group's trainer, model and data sit in reference cycles: free them before the next
             for job, outcome in zip(members, outcomes, strict=True):
                 HydraConfig.instance().set_config(job.config)
                 num = job.config.hydra.job.num
