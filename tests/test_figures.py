@@ -93,3 +93,12 @@ def test_confusion_and_predictions_redrawn_in_place_show_what_a_fresh_figure_sho
     assert [(ax.get_title(), ax.title.get_color()) for ax in fig.axes] == [
         (ax.get_title(), ax.title.get_color()) for ax in fresh.axes
     ]
+
+
+def test_curves_drawn_anew_on_a_cleared_figure_have_a_fresh_figures_pixels():
+    first = {"train loss": [0.9, 0.6, 0.5], "val acc": [0.7, 0.8, 0.82]}
+    second = {"train loss": [2.5, 0.4, 0.45], "val acc": [0.1, 0.85, 0.9]}
+    fig = figures.curves_figure([1, 2, 3], first)
+    figures.render(fig)
+    assert figures.curves_figure([1, 2, 3], second, fig=fig) is fig
+    assert np.array_equal(figures.render(fig), figures.render(figures.curves_figure([1, 2, 3], second)))

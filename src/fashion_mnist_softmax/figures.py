@@ -130,9 +130,15 @@ def confusion_figure(
     return fig
 
 
-def curves_figure(epochs: Sequence[int], curves: Mapping[str, Sequence[float]]) -> Figure:
-    """Named per-epoch series on one plot, like the d2l ``Animator``."""
-    fig = Figure(figsize=(5, 3.5), dpi=DPI, layout="constrained")
+def curves_figure(epochs: Sequence[int], curves: Mapping[str, Sequence[float]], fig: Figure | None = None) -> Figure:
+    """Named per-epoch series on one plot, like the d2l ``Animator``.
+
+    Given the ``fig`` of an earlier call, it clears that figure and draws on it anew, keeping its canvas.
+    """
+    if fig is None:
+        fig = Figure(figsize=(5, 3.5), dpi=DPI, layout="constrained")
+    else:
+        fig.clear()
     ax = fig.subplots()
     for name, values in curves.items():
         ax.plot(epochs, values, marker="o", label=name)

@@ -249,14 +249,15 @@ class FusedJobs(L.Callback):
             )
 
     def on_fit_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
-        self._weights = None  # drawn for the last time: its memory goes to the test figures
+        self._weights = curves_fig = None  # one figure for every member's curves, cleared and drawn anew
         for member in self._alive(module, self.drawn):
             if member.history:
                 epochs = [row["epoch"] for row in member.history]
                 curves = {
                     name: [row[name] for row in member.history] for name in (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_ACC)
                 }
-                member.publish(m.CURVES, figures.render(figures.curves_figure(epochs, curves)), step=epochs[-1])
+                curves_fig = figures.curves_figure(epochs, curves, fig=curves_fig)
+                member.publish(m.CURVES, figures.render(curves_fig), step=epochs[-1])
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         self._confusion = torch.zeros(len(self.members) * 100, dtype=torch.long, device=module.device)
