@@ -41,16 +41,8 @@ DATA_MODULE = "fashion_mnist_softmax.data.FashionMNISTDataModule"
 HPARAM_KEYS = ("lr", "weight_decay", "momentum", "seed")  # callbacks.hparams.hparams that follow the member keys
 # schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
 SCALING_SCHEDULERS = tuple(
-    f"torch.optim.lr_scheduler.{name}"
-    for name in (
-        "StepLR",
-        "MultiStepLR",
-        "ExponentialLR",
-        "CosineAnnealingLR",
-        "LinearLR",
-        "ConstantLR",
-        "PolynomialLR",
-    )
+    f"torch.optim.lr_scheduler.{name}LR"
+    for name in ("Step", "MultiStep", "Exponential", "CosineAnnealing", "Linear", "Constant", "Polynomial")
 )
 
 
@@ -121,18 +113,23 @@ class Member:
         self.lr_monitor = "lr_monitor" in callbacks
         self.hparams = (callbacks.get("hparams") or {}).get("hparams")
 
-    def weights(self, module: FusedSoftmaxRegression) -> dict[str, torch.Tensor]:
-        """The member's parameters under the names of its own impl's model."""
-        w, b = module.W.detach()[:, self.k].cpu(), module.b.detach()[self.k].cpu()
-        if hasattr(self.model, "W"):
-            return {"W": w.clone(), "b": b.clone()}
-        return {"net.1.weight": w.T.contiguous(), "net.1.bias": b.clone()}
+    def weights(self, module: FusedSoftmaxRegression) -> tuple[torch.Tensor, torch.Tensor]:
+        """The member's W (784, 10) and b (10,), copied to the CPU."""
+        return module.W.detach()[:, self.k].cpu().clone(), module.b.detach()[self.k].cpu().clone()
 
     def save(
-        self, path: Path, weights: dict[str, torch.Tensor], best: float, data_state: dict, epoch: int, step: int
+        self,
+        path: Path,
+        weights: tuple[torch.Tensor, torch.Tensor],
+        best: float,
+        data_state: dict,
+        epoch: int,
+        step: int,
     ) -> None:
         """A checkpoint of the member's own impl, as train.py writes one: eval.py and predict.py load it."""
-        self.model.load_state_dict(weights, strict=False)
+        w, b = weights
+        names = {"W": w, "b": b} if hasattr(self.model, "W") else {"net.1.weight": w.T, "net.1.bias": b}
+        self.model.load_state_dict(names, strict=False)
         self.model.val_acc_best.max_value.fill_(best)
         state = {
             "state_dict": self.model.state_dict(),
@@ -345,10 +342,8 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     with torch.no_grad():  # each member tested with the checkpoint its test_ckpt names
         for member in members:
             if module.alive[member.k] and base["test_ckpt"] == "best" and member.best_state is not None:
-                w = member.best_state["W"] if "W" in member.best_state else member.best_state["net.1.weight"].T
-                b = member.best_state["b"] if "b" in member.best_state else member.best_state["net.1.bias"]
-                module.W[:, member.k] = w.to(module.W.device)
-                module.b[member.k] = b.to(module.b.device)
+                w, b = member.best_state
+                module.W[:, member.k], module.b[member.k] = w.to(module.W.device), b.to(module.b.device)
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_loss, test_acc = module.epoch_metrics("test")
     for member, i in zip(members, order, strict=True):
