@@ -88,6 +88,11 @@ def refused(result: subprocess.CompletedProcess, *phrases: str) -> str:
         ("data.batch_size=0", "data.batch_size=0 is not valid: it must be a whole number of at least 1"),
         ("optim.momentum=1.5", "optim.momentum=1.5 is not valid"),
         ("impl=scratch optim=adam", "impl=scratch trains with its hand-written SGD"),
+        ("seed=-1", "seed=-1 is not valid: it must be a whole number from 0 to 4294967295"),
+        ("trainer.limit_test_batches=0", "trainer.limit_test_batches=0 is not valid: it must be a number of batches"),
+        # 64 hold-out images in batches of 32: a thousandth of 2 batches is none
+        ("trainer.limit_val_batches=0.001", "trainer.limit_val_batches=0.001 is not valid: it must be at least 1/2"),
+        ("trainer.limit_val_batches=0", "test_ckpt=best tests the checkpoint with the best val/acc"),
     ],
 )
 def test_a_config_mistake_is_refused_before_anything_is_written(world, reference, override, phrase):
@@ -226,3 +231,11 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_anything_is_writt
     phrase = f"No checkpoint at {ckpt}" if problem == "missing" else "holds a concise model, but impl=scratch"
     refused(result, phrase)
     assert run_dirs(world) == dirs and fingerprint(reference) == before
+
+
+def test_predict_with_bad_indices_is_refused_before_its_run_dir(world, reference):
+    log_dir = world / "predict-indices"
+    ckpt = reference / "checkpoints" / "last.ckpt"
+    result = run_script("predict.py", f"ckpt_path={ckpt}", "indices=abc", f"paths.log_dir={log_dir}")
+    refused(result, "indices='abc' is not valid: it must be a test-image number")
+    assert "Warning" not in result.stderr and not log_dir.exists(), result.stderr

@@ -23,8 +23,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.training import train
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, run_script, tiny_overrides
 
 # batch size 1: 448 steps an epoch, long enough to land a signal in the middle of the second one
 STEPS_PER_EPOCH, EPOCHS = 448, 2
@@ -163,3 +164,53 @@ def test_a_signal_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(ru
         for key in same:
             assert row_r[key] == pytest.approx(row_a[key], abs=1e-6), (row_r["epoch"], key)
     assert resumed[m.TEST_ACC] == pytest.approx(a[m.TEST_ACC], abs=1e-6)
+
+
+def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whole(fake_archives, tmp_path):
+    """A checkpoint taken after an epoch's last step would resume into a finished epoch, whose validation and
+    history row Lightning then skips: the run stops once the epoch has ended, its checkpoints written."""
+    base = [*tiny_overrides(fake_archives, tmp_path / "data", tmp_path / "unused"), "trainer.max_epochs=3"]
+    runs = {name: tmp_path / name for name in ("reference", "interrupted")}
+    signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=2"]
+    env = {"PYTHONPATH": str(ROOT / "tests")}
+    with ThreadPoolExecutor(2) as pool:
+        reference, interrupted = pool.map(
+            lambda name: run_script(
+                "train.py",
+                *base,
+                f"hydra.run.dir={runs[name]}",
+                f"paths.output_dir={runs[name]}",
+                *(signal_at if name == "interrupted" else []),
+                env=env,
+            ),
+            runs,
+        )
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    last = runs["interrupted"] / "checkpoints" / "last.ckpt"
+    assert interrupted.returncode == 1, interrupted.stderr[-2000:]
+    assert f"Interrupted after epoch 2. Resume with ckpt_path={last}" in interrupted.stdout
+    steps_per_epoch = torch.load(runs["reference"] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] // 3
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 2 * steps_per_epoch
+    assert [row["epoch"] for row in saved["callbacks"]["EpochSummary"]["history"]] == [1, 2]
+
+    resumed = run_script(
+        "train.py",
+        *base,
+        f"hydra.run.dir={runs['interrupted']}",
+        f"paths.output_dir={runs['interrupted']}",
+        f"ckpt_path={last}",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = comparable(m.read_metrics(runs["reference"])), comparable(m.read_metrics(runs["interrupted"]))
+    assert [row["epoch"] for row in b["history"]] == [1, 2, 3]
+    for row_a, row_b in zip(a["history"], b["history"], strict=True):
+        assert row_b == pytest.approx(row_a, abs=1e-6)
+    assert b[m.TEST_ACC] == pytest.approx(a[m.TEST_ACC], abs=1e-6)
+
+
+def test_last_ckpt_ends_every_epoch_when_validation_runs_every_other_one(tiny_cfg, tmp_path):
+    """Lightning saves at validation only, unless told to save at every epoch's end."""
+    train(tiny_cfg("trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"))
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and [row["epoch"] for row in last["callbacks"]["EpochSummary"]["history"]] == [1, 2, 3]

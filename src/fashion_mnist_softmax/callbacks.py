@@ -170,7 +170,10 @@ class SaveOnInterrupt(L.Callback):
     """On Ctrl-C (SIGINT) or SIGTERM, save ``last.ckpt`` between two training steps, then stop.
 
     Lightning stops at a step's end on SIGTERM; SIGINT is made to do the same, so that the checkpoint
-    resumes exactly where the run stopped. Exit status: 1 after SIGINT, 128 + 15 after SIGTERM.
+    resumes exactly where the run stopped. A SIGINT during an epoch's last step or its validation stops
+    the run once the epoch has ended and its checkpoints are written: a checkpoint taken after the last
+    step would resume into a finished epoch, whose validation and epoch end Lightning then skips.
+    Exit status: 1 after SIGINT, 128 + 15 after SIGTERM.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
@@ -190,12 +193,17 @@ class SaveOnInterrupt(L.Callback):
         trainer.lightning_module.print(f"Interrupted: saved {self.path}. Resume with ckpt_path={self.path}")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if self._interrupted:
+        if self._interrupted and not trainer.is_last_batch:
             self._save(trainer)
             raise KeyboardInterrupt
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._interrupted:
+            trainer.should_stop = True  # Lightning's own graceful stop: the epoch's checkpoints come first
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._interrupted:  # after the last step: every checkpoint is written
+        if self._interrupted:  # after an epoch's end: every checkpoint is written
+            pl_module.print(f"Interrupted after epoch {trainer.current_epoch}. Resume with ckpt_path={self.path}")
             raise KeyboardInterrupt
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

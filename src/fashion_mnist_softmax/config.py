@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fashion_mnist_softmax.errors import UserError
 
-FASHION_MNIST_TRAIN_SIZE = 60000
+FASHION_MNIST_TRAIN_SIZE, FASHION_MNIST_TEST_SIZE = 60000, 10000
 SCRATCH, SCRATCH_SGD = "fashion_mnist_softmax.scratch.ScratchSoftmaxRegression", "fashion_mnist_softmax.scratch.SGD"
 
 
@@ -34,7 +34,7 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 # key: (the check, what the value must be); the checks of data.val_size depend on the data, below
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (_whole, "a whole number"),
+    "seed": (lambda v: _whole(v) and 0 <= v < 2**32, "a whole number from 0 to 4294967295"),
     "data.batch_size": (lambda v: _whole(v) and v >= 1, "a whole number of at least 1 (the chapter uses 256)"),
     "data.normalize": (lambda v: isinstance(v, bool), "true or false"),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
@@ -48,11 +48,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.log_every_n_steps": (lambda v: _whole(v) and v >= 0, "a whole number of at least 0"),
     "trainer.strategy": (lambda v: v in ("auto", "ddp"), "auto (one process) or ddp (trainer=ddp)"),
 }
-for _stage in ("train", "val", "test"):
+for _stage in ("train", "val"):
     RULES[f"trainer.limit_{_stage}_batches"] = (
         _optional(lambda v: (_whole(v) and v >= 0) or (_real(v) and 0 <= v <= 1)),
         "a number of batches, a fraction from 0 to 1, or null for all",
     )
+RULES["trainer.limit_test_batches"] = (  # every run ends with a test
+    _optional(lambda v: (_whole(v) and v >= 1) or (_real(v) and 0 < v <= 1)),
+    "a number of batches of at least 1, a fraction above 0 up to 1, or null for all",
+)
 
 
 def _fail(key: str, value: Any, expected: str) -> UserError:
@@ -65,6 +69,22 @@ def _check_rules(cfg: DictConfig, keys: list[str]) -> None:
         check, expected = RULES[key]
         if not check(value):
             raise _fail(key, value, expected)
+
+
+def _check_batch_fractions(cfg: DictConfig, stages: tuple[str, ...]) -> None:
+    """A fraction of a stage's batches that leaves none, which Lightning would refuse only once the data is loaded."""
+    sizes = cfg.data.get("expected_sizes") or {}
+    n_test = sizes.get("test") or FASHION_MNIST_TEST_SIZE
+    images = {"test": n_test}
+    if "train" in stages:  # train.py, whose data.val_size is checked by now; without a hold-out, val is the test set
+        val_size = cfg.data.val_size
+        images |= {"train": (sizes.get("train") or FASHION_MNIST_TRAIN_SIZE) - val_size, "val": val_size or n_test}
+    for stage in stages:
+        limit = OmegaConf.select(cfg, f"trainer.limit_{stage}_batches")
+        batches = -(-images[stage] // cfg.data.batch_size)
+        if isinstance(limit, float) and limit > 0 and int(limit * batches) == 0:
+            expected = f"at least 1/{batches}: an epoch has {batches} {stage} batches"
+            raise _fail(f"trainer.limit_{stage}_batches", limit, expected)
 
 
 def writable(path: str | Path, what: str) -> None:
@@ -94,6 +114,12 @@ def check_train_config(cfg: DictConfig) -> None:
             f"impl=scratch trains with its hand-written SGD (optim=scratch_sgd, which impl=scratch selects), so it "
             f"cannot use the optimizer {cfg.optim._target_}. Leave optim= out with impl=scratch, or use impl=concise "
             f"for other optimizers."
+        )
+    _check_batch_fractions(cfg, ("train", "val", "test"))
+    if cfg.test_ckpt == "best" and OmegaConf.select(cfg, "trainer.limit_val_batches") == 0:
+        raise UserError(
+            "test_ckpt=best tests the checkpoint with the best val/acc, and trainer.limit_val_batches=0 turns "
+            "validation off, so none would be chosen. Use test_ckpt=last, or let validation run."
         )
     if cfg.test_ckpt not in ("best", "last") and not (
         str(cfg.test_ckpt).endswith(".ckpt") and Path(cfg.test_ckpt).is_file()
@@ -164,7 +190,8 @@ def image_files(images: Any) -> list[Path]:
 
 
 def check_eval_config(cfg: DictConfig) -> None:
-    _check_rules(cfg, ["data.batch_size", "data.download"])
+    _check_rules(cfg, ["data.batch_size", "data.download", "trainer.limit_test_batches"])
+    _check_batch_fractions(cfg, ("test",))
     writable(cfg.data.root, "The data folder (data.root)")
     existing_checkpoint(given_ckpt_path(cfg))
 
@@ -176,11 +203,8 @@ def check_predict_config(cfg: DictConfig) -> None:
             "indices=5 or indices=[0,1,2] (test images)."
         )
     if not all(_whole(i) for i in as_list(cfg.indices)):
-        raise _fail(
-            "indices",
-            OmegaConf.to_container(cfg, resolve=True)["indices"],
-            "a test-image number, or a list of them such as [0,1,2]",
-        )
+        given = list(cfg.indices) if isinstance(cfg.indices, ListConfig) else cfg.indices  # not resolved: no run yet
+        raise _fail("indices", given, "a test-image number, or a list of them such as [0,1,2]")
     if not (_whole(cfg.top_k) and cfg.top_k >= 1):
         raise _fail("top_k", cfg.top_k, "a whole number of at least 1")
     image_files(cfg.images)

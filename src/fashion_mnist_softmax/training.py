@@ -38,8 +38,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         monitor=m.VAL_ACC,
         mode="max",
     )
-    # Lightning 2.6 refreshes save_last=True only at steps that also saved a top-k file, so last.ckpt gets its own
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
+    # Lightning 2.6 refreshes save_last=True only at steps that also saved a top-k file, so last.ckpt gets its own,
+    # written at every epoch's end, also in epochs without validation (trainer.check_val_every_n_epoch)
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False, save_on_train_epoch_end=True
+    )
     callbacks = [summary, StopOnDivergedLoss(), SaveOnInterrupt(run_dir / "checkpoints"), checkpoint, last]
     callbacks += instantiate_all(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(
