@@ -33,6 +33,10 @@ def multirun(tmp_path: Path, archives: Path, *extra: str):
     return sweep, result
 
 
+def _overrides(job_dir: Path) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()))
+
+
 def read_summary(sweep: Path) -> dict[str, dict[str, str]]:
     with open(sweep / SUMMARY_CSV, newline="") as f:
         return {row["job"]: row for row in csv.DictReader(f)}
@@ -84,3 +88,18 @@ def test_an_optuna_search_goes_on_past_failed_trials_and_tells_optuna(tmp_path, 
     study = optuna.load_study(study_name="s", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     assert [row["trial"] for row in read_summary(sweep).values()] == ["0", "1"]
+
+
+def test_an_optuna_search_with_some_failed_trials_ends_in_status_1(tmp_path, fake_archives):
+    """Some trials fail, not all: the search runs to its end, then exits 1 in one line that names the failures."""
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0"]
+    fixed = ["optim.momentum=0.0", "optim.weight_decay=0.0", "data.normalize=false"]  # lr alone is searched
+    sweep, result = multirun(tmp_path, fake_archives, *search, *fixed, "optim.lr=choice(1e30,0.1)")
+    lr = {job: float(_overrides(sweep / job)["optim.lr"]) for job in ("0", "1")}
+    failed, ok = [job for job in lr if lr[job] > 1], [job for job in lr if lr[job] < 1]
+    assert len(failed) == len(ok) == 1, f"seed 0 no longer draws each lr once: {lr}"
+    contained(result, sweep, failed=failed, ok=ok)
+    assert result.returncode == 1
+    assert f"1 of 2 jobs failed: see {sweep / SUMMARY_MD}." in result.stderr.splitlines(), result.stderr[-4000:]
+    assert "UserWarning" not in result.stderr, result.stderr[-4000:]
+    assert [row["trial"] for row in read_summary(sweep).values()] == [*ok, *failed]

@@ -15,7 +15,7 @@ from sweep_runs import job_dirs, run_multirun
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.errors import ERROR_FILE
-from fashion_mnist_softmax.sweeps import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, write_summary
+from fashion_mnist_softmax.sweeps import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, read_jobs, write_summary
 from fashion_mnist_softmax.training import train
 
 from conftest import ROOT
@@ -62,6 +62,19 @@ def test_summary_sorts_jobs_and_aggregates_seeds(tmp_path: Path) -> None:
     assert float(seeds[0][f"{m.TEST_ACC} std"]) == pytest.approx(statistics.stdev([0.84, 0.81]))
     md = (tmp_path / SUMMARY_MD).read_text()
     assert "`impl=scratch`" in md and "0.8250 ± 0.0212" in md and "failed" in md
+
+
+def test_summary_keeps_delete_overrides(tmp_path: Path) -> None:
+    """A bare ``~key`` has no ``=`` (Hydra's sweepers write ``~key=null``): the summary is still written."""
+    _fake_job(tmp_path, 0, ["~callbacks.progress_bar", "optim.lr=0.1"], 0.80, 0.79)
+    _fake_job(tmp_path, 1, ["~callbacks.progress_bar", "optim.lr=0.3"], 0.85, 0.84)
+
+    assert read_jobs(tmp_path)[0]["overrides"] == {"~callbacks.progress_bar": "", "optim.lr": "0.1"}
+    write_summary(tmp_path, final=True)
+
+    rows = _read_csv(tmp_path / SUMMARY_CSV)
+    assert [(r["job"], r["optim.lr"], r["status"]) for r in rows] == [("1", "0.3", "ok"), ("0", "0.1", "ok")]
+    assert "Common overrides: `~callbacks.progress_bar`\n" in (tmp_path / SUMMARY_MD).read_text()
 
 
 def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> None:

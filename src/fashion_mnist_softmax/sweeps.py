@@ -3,7 +3,10 @@
 One row per job, best ``val/acc_best`` first, failed jobs last with their reason; with Optuna, the trial
 number; when the sweep varies ``seed``, also the mean ± std over seeds of every other configuration
 (``summary_seeds.csv``). The summary is written when each job ends, so that it is there even when a
-failed job ends the sweep, and when the multirun ends, which then ends non-zero if any job failed.
+failed job ends the sweep, and when the multirun ends. A sweep with a failed job ends non-zero through its
+sweeper, never through this callback, whose exceptions Hydra only warns about: Hydra's basic sweeper raises
+the failed job's :class:`JobFailed`, and the Optuna sweeper, which goes on past failed trials, calls
+:func:`end_sweep` (``hydra_plugins/fashion_mnist_softmax_sweeps/optuna_sweeper.py``).
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ class SweepSummary(Callback):
             write_summary(Path(config.hydra.sweep.dir), config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        rows = write_summary(Path(config.hydra.sweep.dir), config, final=True)
-        if failed := [row for row in rows if row[STATUS] == "failed"]:
-            raise JobFailed(
-                f"{len(failed)} of {len(rows)} jobs failed: see {Path(config.hydra.sweep.dir) / SUMMARY_MD}."
-            )
+        write_summary(Path(config.hydra.sweep.dir), config, final=True)
+
+
+def end_sweep(sweep_dir: Path, config: DictConfig) -> None:
+    """Write the final summary; raise :class:`JobFailed`, one line, if any job failed (for a sweeper to call)."""
+    rows = write_summary(sweep_dir, config, final=True)
+    if failed := [row for row in rows if row[STATUS] == "failed"]:
+        raise JobFailed(f"{len(failed)} of {len(rows)} jobs failed: see {sweep_dir / SUMMARY_MD}.")
 
 
 def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
@@ -47,7 +53,8 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
     jobs = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: int(p.parent.parent.name)):
         job_dir = overrides_file.parent.parent
-        overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [])
+        # key=value, and a delete override (~key) as key ~key with the value ""
+        overrides = dict(o.partition("=")[::2] for o in yaml.safe_load(overrides_file.read_text()) or [])
         found, status, reason = {}, "running", ""
         if (job_dir / m.METRICS_FILE).is_file():
             found, status = m.read_metrics(job_dir), "ok"
@@ -131,6 +138,11 @@ def _cell(value: Any) -> str:
         return str(value)
 
 
+def _override(key: str, value: str) -> str:
+    """An override as typed: ``key=value``, or ``~key`` for a delete override without a value."""
+    return key if key.startswith("~") and value == "" else f"{key}={value}"
+
+
 def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     header = list(rows[0])
     lines = [[_cell(v).replace("|", "/") for v in row.values()] for row in rows]
@@ -152,7 +164,7 @@ def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool
         ok = sum(row[STATUS] == "ok" for row in rows)
         md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {ok} ok, best `{m.VAL_ACC_BEST}` first."]
         if common:
-            md += ["", "Common overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items())]
+            md += ["", "Common overrides: " + " ".join(f"`{_override(k, v)}`" for k, v in common.items())]
         md += ["", *_markdown_table(rows)]
         if SEED in rows[0] and (seeds := seed_rows(rows)):
             _write_csv(sweep_dir / SEEDS_CSV, seeds)

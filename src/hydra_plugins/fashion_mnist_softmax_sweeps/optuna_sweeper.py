@@ -1,7 +1,9 @@
-"""Hydra's Optuna sweeper, which ends in one line when every trial failed (``conf/hparams_search/optuna.yaml``).
+"""Hydra's Optuna sweeper, which ends in one line and status 1 if a trial failed (``conf/hparams_search/optuna.yaml``).
 
 The sweeper tells Optuna that a failed trial FAILed and goes on while failures stay within its
-``max_failure_rate``; but when no trial completed it cannot name a best trial, and raises a bare error.
+``max_failure_rate``, then ends as if all went well; and when no trial completed it cannot name a best
+trial, and raises a bare error. Hydra only warns when a callback raises, so the summary callback cannot
+end the command non-zero: this sweeper does, once the search is over and the summary written.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 from fashion_mnist_softmax.errors import JobFailed
 from fashion_mnist_softmax.metrics import METRICS_FILE
+from fashion_mnist_softmax.sweeps import SUMMARY_MD, end_sweep, write_summary
 
 
 class ContainedOptunaSweeper(OptunaSweeper):
     def sweep(self, arguments: list[str]) -> Any:
+        sweep_dir = Path(self.sweeper.sweep_dir)
         try:
-            return super().sweep(arguments)
+            result = super().sweep(arguments)
         except ValueError:  # Optuna's "no best trial", in its storage's words
-            sweep_dir = Path(self.sweeper.sweep_dir)
             if list(sweep_dir.glob(f"*/{METRICS_FILE}")):
                 raise
-            raise JobFailed(f"Every trial of the search failed: see {sweep_dir / 'summary.md'}.") from None
+            write_summary(sweep_dir, self.sweeper.config, final=True)
+            raise JobFailed(f"Every trial of the search failed: see {sweep_dir / SUMMARY_MD}.") from None
+        end_sweep(sweep_dir, self.sweeper.config)  # JobFailed, in one line, if some trials failed
+        return result
