@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import gzip
 import multiprocessing as mp
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from fashion_mnist_softmax.fashion_mnist import (
     get_fashion_mnist_labels,
     raw_dir,
 )
+from fashion_mnist_softmax.metrics import write_json_atomic
 
 
 def datamodule(archives: Path, root: Path, **kwargs) -> FashionMNISTDataModule:
@@ -41,6 +44,26 @@ def test_offline_install_extracts_into_torchvision_layout(fake_archives, tmp_pat
     assert ds.data.shape == (512, 28, 28) and ds.data.dtype == torch.uint8
     with gzip.open(fake_archives / "train-images-idx3-ubyte.gz") as f:
         assert (raw / "train-images-idx3-ubyte").read_bytes() == f.read()
+
+
+def test_one_search_folder_given_as_a_string_is_searched(fake_archives, tmp_path):
+    """``data.search_dirs=/share/fmnist`` on the command line is a string, not a list of one-letter folders."""
+    dm = FashionMNISTDataModule(str(tmp_path), search_dirs=str(fake_archives), download=False)
+    assert dm.search_dirs == [str(fake_archives)]
+    dm.prepare_data()
+    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+def test_written_files_are_readable_as_the_umask_says(fake_archives, tmp_path):
+    """mkstemp makes owner-only files: the extracted data and metrics.json are read by other accounts too."""
+    old = os.umask(0o022)
+    try:
+        raw = ensure_raw_files(tmp_path, [str(fake_archives)], download=False)
+        write_json_atomic(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((raw / "t10k-labels-idx1-ubyte").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
 
 
 def test_nothing_found_gives_one_clear_message(tmp_path):

@@ -14,11 +14,12 @@ from hydra.utils import get_class
 from PIL import Image, ImageDraw
 
 from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checkpoints import DATA_STATE, MODELS
+from fashion_mnist_softmax.checkpoints import DATA_STATE, MODELS, check_checkpoint
+from fashion_mnist_softmax.config import check_eval_config
 from fashion_mnist_softmax.data import FashionMNISTDataModule
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.evaluation import evaluate
-from fashion_mnist_softmax.prediction import PREDICTIONS_FILE, predict, to_fashion_mnist
+from fashion_mnist_softmax.prediction import PREDICTIONS_FILE, predict, read_image, to_fashion_mnist
 
 from conftest import run_script, tiny_overrides
 
@@ -115,6 +116,23 @@ def test_a_checkpoint_without_its_description_is_refused(trained, compose_cfg, t
         evaluate(cfg)
 
 
+def test_a_weights_only_checkpoint_is_evaluated_but_not_resumed(trained, compose_cfg, fake_archives, tmp_path):
+    """What the fused launcher writes: a lone run's checkpoint without what Lightning needs to resume."""
+    scratch = "fashion_mnist_softmax.scratch.ScratchSoftmaxRegression"
+    tested = m.read_metrics(trained)["test_ckpt"]
+    check_checkpoint(tested, scratch, resume=True)  # a lone run's checkpoint resumes
+    ckpt = torch.load(tested, weights_only=True)
+    for key in ("callbacks", "optimizer_states", "loops", "lr_schedulers"):
+        ckpt.pop(key, None)
+    weights_only = tmp_path / "weights_only.ckpt"
+    torch.save(ckpt, weights_only)
+    check_checkpoint(weights_only)  # eval.py and predict.py
+    with pytest.raises(UserError, match=r"holds the weights only, .* but not resumed\. Train anew, or resume"):
+        check_checkpoint(weights_only, scratch, resume=True)
+    overrides = [f"ckpt_path={weights_only}", f"paths.output_dir={tmp_path}", *data_args(fake_archives, tmp_path)]
+    assert evaluate(compose_cfg(overrides, config_name="eval"))[m.TEST_ACC] == m.read_metrics(trained)[m.TEST_ACC]
+
+
 def test_eval_py_with_a_missing_checkpoint_names_it(tmp_path):
     missing = tmp_path / "nowhere" / "last.ckpt"
     result = run_script("eval.py", f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'eval'}", env=ONE_THREAD)
@@ -186,6 +204,32 @@ def test_to_fashion_mnist_makes_a_light_centred_object_on_black():
     assert pixels[:, 0].max() < 30 and pixels[:, -1].max() < 30, "the background is black"
     already_dark = Image.fromarray(255 - np.asarray(photo.convert("L")))
     assert np.abs(to_fashion_mnist(already_dark).astype(int) - pixels).max() <= 1, "light-on-dark is kept"
+
+
+@pytest.mark.parametrize("pixels", [np.uint16, np.float32])
+def test_to_fashion_mnist_stretches_16_bit_and_float_images(pixels):
+    """``convert("L")`` clips such pixels at 255: the 16-bit picture came out all black."""
+    picture = np.zeros((60, 40), dtype=np.uint8)
+    picture[10:50, 5:30] = np.linspace(40, 255, 25).astype(np.uint8)
+    eight_bit = to_fashion_mnist(Image.fromarray(picture))
+    assert eight_bit.max() > 200
+    deep = Image.fromarray(picture.astype(pixels) * (257 if pixels == np.uint16 else 1 / 255))
+    assert deep.mode in ("I;16", "F")
+    assert np.abs(to_fashion_mnist(deep).astype(int) - eight_bit).max() <= 1
+
+
+def test_an_image_too_large_to_decode_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("L", (28, 28)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses more than twice this many pixels
+    with pytest.raises(UserError, match=f"The file {path} cannot be read as an image .DecompressionBombError"):
+        read_image(path)
+
+
+def test_eval_on_several_devices_is_refused_before_it_starts(compose_cfg, tmp_path):
+    cfg = compose_cfg(["ckpt_path=x.ckpt", f"paths.output_dir={tmp_path}", "trainer=ddp"], config_name="eval")
+    with pytest.raises(UserError, match=r"eval\.py tests in one process on one device"):
+        check_eval_config(cfg)
 
 
 @pytest.mark.parametrize(("app", "run"), [("eval", evaluate), ("predict", predict)])

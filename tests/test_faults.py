@@ -89,6 +89,7 @@ def refused(result: subprocess.CompletedProcess, *phrases: str) -> str:
         ("optim.momentum=1.5", "optim.momentum=1.5 is not valid"),
         ("impl=scratch optim=adam", "impl=scratch trains with its hand-written SGD"),
         ("seed=-1", "seed=-1 is not valid: it must be a whole number from 0 to 4294967295"),
+        ("optim.weight_decay=null", "optim.weight_decay=null is not valid: it must be a number of at least 0"),
         ("trainer.limit_test_batches=0", "trainer.limit_test_batches=0 is not valid: it must be a number of batches"),
         # 64 hold-out images in batches of 32: a thousandth of 2 batches is none
         ("trainer.limit_val_batches=0.001", "trainer.limit_val_batches=0.001 is not valid: it must be at least 1/2"),
@@ -239,3 +240,11 @@ def test_predict_with_bad_indices_is_refused_before_its_run_dir(world, reference
     result = run_script("predict.py", f"ckpt_path={ckpt}", "indices=abc", f"paths.log_dir={log_dir}")
     refused(result, "indices='abc' is not valid: it must be a test-image number")
     assert "Warning" not in result.stderr and not log_dir.exists(), result.stderr
+
+
+def test_a_test_checkpoint_of_the_other_impl_is_refused_before_anything_is_written(world, reference):
+    ckpt = reference / "checkpoints" / "last.ckpt"
+    before, dirs = fingerprint(reference), run_dirs(world)
+    result = run_script("train.py", *args(world, "impl=scratch", f"test_ckpt={ckpt}"))  # the reference is concise
+    refused(result, "holds a concise model, but impl=scratch was asked for. Use impl=concise to test it")
+    assert run_dirs(world) == dirs and fingerprint(reference) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from fashion_mnist_softmax.errors import ERROR_FILE
 from fashion_mnist_softmax.evaluation import evaluate
 from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
 from fashion_mnist_softmax.fused_jobs import why_not_fused
+from fashion_mnist_softmax.prediction import predict
 from fashion_mnist_softmax.sweeps import SUMMARY_CSV
 from fashion_mnist_softmax.training import train
 
@@ -90,16 +92,23 @@ def test_eval_of_a_fused_checkpoint_gives_its_jobs_test_accuracy(fused, compose_
 def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
     args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp_path / 'logs'}", "optim.lr=1e30,0.05"]
-    result = run_script("train.py", *args, "seed=1,2")
+    lr_monitor = ["+callbacks.lr_monitor._target_=lightning.pytorch.callbacks.LearningRateMonitor"]
+    lr_monitor += ["+callbacks.lr_monitor.logging_interval=epoch"]
+    result = run_script("train.py", *args, "seed=1,2", "logger=csv", *lr_monitor)
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
     assert "the loss diverged" in " ".join(result.stderr.split())
     for job in ("0", "1"):  # lr 1e30
         assert (sweep / job / ERROR_FILE).read_text().startswith("Training stopped: the loss diverged")
         assert not (sweep / job / m.METRICS_FILE).exists()
+        # its loggers are finalized, as a lone run's are when it fails: what it logged before it diverged is written
+        with open(sweep / job / "csv" / "metrics.csv") as f:
+            assert [(row["step"], float(row["lr-SGD"])) for row in csv.DictReader(f)] == [("0", pytest.approx(1e30))]
     for job in ("2", "3"):
         assert m.read_metrics(sweep / job)[m.TEST_ACC] > 0.5
         assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 14
+        with open(sweep / job / "csv" / "metrics.csv") as f:
+            assert {row["epoch"] for row in csv.DictReader(f)} == {"0", "1", ""}  # "": the lr and test rows
 
 
 def logged(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -216,3 +225,43 @@ def test_devices_auto_fuses_on_one_gpu_and_runs_alone_on_several(tiny_cfg, monke
     assert why_not_fused(cfg) == "DDP: a fused group trains in one process"
     cfg["trainer"]["accelerator"] = "cpu"
     assert why_not_fused(cfg) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ([], None),
+        (["+optim.nesterov=false", "+optim.dampening=0", "+optim.maximize=false"], None),  # the defaults: fused
+        (["optim.momentum=0.9", "+optim.nesterov=true"], "the optimizer option nesterov=true, which the fused"),
+        (["+optim.dampening=0.5", "+optim.maximize=true"], "the optimizer options dampening=0.5, maximize=true,"),
+        (["impl=scratch", "+optim.nesterov=true"], "the optimizer option nesterov=true, which the fused SGD"),
+    ],
+)
+def test_sgd_options_the_fused_sgd_does_not_implement_run_alone(tiny_cfg, overrides, reason):
+    cfg = OmegaConf.to_container(tiny_cfg(*overrides), resolve=True)
+    found = why_not_fused(cfg)
+    if reason is None:
+        assert found is None
+    else:
+        assert found.startswith(reason) and found.endswith("which the fused SGD does not implement"), found
+
+
+def test_a_fused_checkpoint_is_evaluated_and_predicted_with_but_not_resumed(fused, compose_cfg, tmp_path):
+    sweep_dir, common, _ = fused
+    job = sweep_dir / "0"
+    ckpt = job / "checkpoints" / "last.ckpt"
+    before = {p: p.read_bytes() for p in job.rglob("*") if p.is_file()}
+    logs = tmp_path / "logs"
+    resume = [f"paths.log_dir={logs}", "impl=scratch", f"ckpt_path={ckpt}", "trainer.max_epochs=3"]  # job 0: scratch
+    result = run_script("train.py", *common, *resume)
+    console = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in console, console[-3000:]
+    error = " ".join(result.stderr[result.stderr.index("Error: ") :].split())
+    assert error.startswith(f"Error: The checkpoint {ckpt} holds the weights only, as the fused launcher")
+    assert "but not resumed. Train anew, or resume a checkpoint written by a lone train.py run." in error
+    assert "epoch 1," not in console and not logs.exists(), "a refused run writes nothing"
+    assert {p: p.read_bytes() for p in job.rglob("*") if p.is_file()} == before
+    data = [o for o in common if o.startswith("data.")]
+    overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'predict'}", "indices=[0,1]", *data]
+    (tmp_path / "predict").mkdir()
+    assert len(predict(compose_cfg(overrides, "predict"))) == 2  # eval.py: the test above

@@ -77,6 +77,16 @@ def test_summary_keeps_delete_overrides(tmp_path: Path) -> None:
     assert "Common overrides: `~callbacks.progress_bar`\n" in (tmp_path / SUMMARY_MD).read_text()
 
 
+def test_seed_means_leave_out_what_no_validation_measured(tmp_path: Path) -> None:
+    """``val/acc_best`` is null in metrics.json when validation was off (trainer.limit_val_batches=0)."""
+    for num, seed in enumerate((1, 2)):
+        _fake_job(tmp_path, num, ["test_ckpt=last", f"seed={seed}"], None, 0.80 + num / 100)
+    write_summary(tmp_path, final=True)
+    (row,) = _read_csv(tmp_path / SEEDS_CSV)
+    assert row[f"{m.VAL_ACC_BEST} mean"] == "" and float(row[f"{m.TEST_ACC} mean"]) == pytest.approx(0.805)
+    assert "0.8050 ± 0.0071" in (tmp_path / SUMMARY_MD).read_text()
+
+
 def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}"]

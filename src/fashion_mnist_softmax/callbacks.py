@@ -29,7 +29,12 @@ from fashion_mnist_softmax import figures
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.errors import UserError
 
-EPOCH_METRICS = (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC)
+TRAIN_METRICS, VAL_METRICS = (m.TRAIN_LOSS, m.TRAIN_ACC), (m.VAL_LOSS, m.VAL_ACC)
+
+
+def fit_validation(trainer: L.Trainer) -> bool:
+    """Whether the trainer is validating for its fit, not for a sanity check."""
+    return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
 
 
 class EpochSummary(L.Callback):
@@ -45,6 +50,7 @@ class EpochSummary(L.Callback):
         self._elapsed, self._images = 0.0, 0  # of the current epoch, before this process's first step of it
         self._start: float | None = None  # of this process's part of the epoch
         self._train_time: float | None = None  # set when the epoch's training ends
+        self._validated = False  # this epoch: a validation's metrics stay in callback_metrics until the next one
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._elapsed, self._images, self._start, self._train_time = 0.0, 0, time.perf_counter(), None
@@ -65,13 +71,17 @@ class EpochSummary(L.Callback):
         if trainer.state.fn == TrainerFn.FITTING and self._train_time is None:  # stop the clock at validation
             self._train_time = self._running()
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = self._validated or fit_validation(trainer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._train_time is None:
             self._train_time = self._running()
         pl_module.log(m.TRAIN_EPOCH_TIME, self._train_time)
         pl_module.log(m.TRAIN_THROUGHPUT, self._images * trainer.world_size / self._train_time)
-        found = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch + 1} | {k: float(found[k]) for k in EPOCH_METRICS if k in found}
+        found, names = trainer.callback_metrics, TRAIN_METRICS + (VAL_METRICS if self._validated else ())
+        self._validated = False
+        row = {"epoch": trainer.current_epoch + 1} | {k: float(found[k]) for k in names if k in found}
         row[m.EPOCH_TIME] = self._train_time
         self.history.append(row)
         pl_module.print(
@@ -235,6 +245,7 @@ class Figures(L.Callback):
         self.out_dir, self.num_samples, self.num_predictions = Path(out_dir), num_samples, num_predictions
         self.history: dict[str, list[float]] = {k: [] for k in ("epoch", *self.curves)}
         self._weights: Figure | None = None
+        self._validated = False  # as in EpochSummary
         self._confusion: MulticlassConfusionMatrix | None = None
         self._shown: list[tuple[torch.Tensor, ...]] = []
 
@@ -252,11 +263,16 @@ class Figures(L.Callback):
             images, labels = dataset[torch.arange(min(self.num_samples, len(dataset)))]
             self._publish(trainer, m.SAMPLES, figures.samples_figure(images, labels))
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = self._validated or fit_validation(trainer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         found = trainer.callback_metrics
         self.history["epoch"].append(trainer.current_epoch + 1)
         for name in self.curves:
-            self.history[name].append(float(found.get(name, math.nan)))
+            shown = name not in VAL_METRICS or self._validated
+            self.history[name].append(float(found[name]) if shown and name in found else math.nan)
+        self._validated = False
         if trainer.is_global_zero:
             self._weights = figures.weights_figure(pl_module.weight_templates, fig=self._weights)
             self._publish(trainer, m.WEIGHTS, self._weights, step=trainer.current_epoch + 1)

@@ -23,6 +23,8 @@ MODELS = {  # the only classes a checkpoint may name, by import path, with what 
     "fashion_mnist_softmax.concise.ConciseSoftmaxRegression": "concise",
 }
 DATA_STATE = "FashionMNISTDataModule"  # Lightning saves a DataModule's state under its class name
+# what Lightning reads to resume a run, besides the weights: a fused job's checkpoint holds the weights only
+RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,13 +59,24 @@ def model_class(ckpt: dict[str, Any], path: str | Path) -> str:
     return name
 
 
-def check_checkpoint(path: str | Path, impl_target: str | None = None) -> None:
-    """A checkpoint of this project's, holding ``impl_target`` where one is asked for (to resume it)."""
-    found = MODELS[model_class(load_checkpoint(path), path)]
-    if impl_target is not None and found != (asked := MODELS.get(impl_target)):
+def check_checkpoint(path: str | Path, impl_target: str | None = None, resume: bool = False) -> None:
+    """A checkpoint of this project's; where ``impl_target`` is given, one that holds a model of that impl (for
+    train.py to test it, or to resume it: then also with what Lightning needs to resume)."""
+    ckpt = load_checkpoint(path)
+    found = MODELS[model_class(ckpt, path)]
+    if impl_target is None:
+        return
+    if resume and not set(RESUME_KEYS) <= ckpt.keys():
+        raise UserError(
+            f"The checkpoint {path} holds the weights only, as the fused launcher (hydra/launcher=fused) writes "
+            f"them: it lacks the optimizer state, the training loop's progress and the callbacks' states that "
+            f"resuming needs. It can be evaluated (eval.py ckpt_path={path}) or used for prediction (predict.py "
+            f"ckpt_path={path}), but not resumed. Train anew, or resume a checkpoint written by a lone train.py run."
+        )
+    if found != (asked := MODELS.get(impl_target)):
         raise UserError(
             f"The checkpoint {path} holds a {found} model, but impl={asked} was asked for. "
-            f"Use impl={found} to resume it, or a checkpoint of a {asked} run."
+            f"Use impl={found} to {'resume' if resume else 'test'} it, or a checkpoint of a {asked} run."
         )
 
 

@@ -28,8 +28,15 @@ def _real(v: Any) -> bool:
     return (_whole(v) or isinstance(v, float)) and math.isfinite(v)
 
 
+ABSENT = object()  # a key the config lacks (Adam has no momentum), unlike one set to null
+
+
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or check(v)
+    return lambda v: v is None or v is ABSENT or check(v)
+
+
+def _absent_or(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is ABSENT or check(v)
 
 
 # key: (the check, what the value must be); the checks of data.val_size depend on the data, below
@@ -39,8 +46,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.normalize": (lambda v: isinstance(v, bool), "true or false"),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
     "optim.lr": (lambda v: _real(v) and v > 0, "a number greater than 0 (the chapter uses 0.1)"),
-    "optim.momentum": (_optional(lambda v: _real(v) and 0 <= v < 1), "a number from 0 up to, not including, 1"),
-    "optim.weight_decay": (_optional(lambda v: _real(v) and v >= 0), "a number of at least 0"),
+    "optim.momentum": (_absent_or(lambda v: _real(v) and 0 <= v < 1), "a number from 0 up to, not including, 1"),
+    "optim.weight_decay": (_absent_or(lambda v: _real(v) and v >= 0), "a number of at least 0"),
     "trainer.max_epochs": (lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
     "trainer.max_steps": (lambda v: _whole(v) and v >= -1, "a whole number, or -1 for no limit"),
     "trainer.accumulate_grad_batches": (lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
@@ -60,15 +67,16 @@ RULES["trainer.limit_test_batches"] = (  # every run ends with a test
 
 
 def _fail(key: str, value: Any, expected: str) -> UserError:
-    return UserError(f"{key}={value!r} is not valid: it must be {expected}. Fix it on the command line.")
+    shown = "null" if value is None else repr(value)
+    return UserError(f"{key}={shown} is not valid: it must be {expected}. Fix it on the command line.")
 
 
 def _check_rules(cfg: DictConfig, keys: list[str]) -> None:
     for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
+        value = OmegaConf.select(cfg, key, default=ABSENT)
         check, expected = RULES[key]
         if not check(value):
-            raise _fail(key, value, expected)
+            raise _fail(key, None if value is ABSENT else value, expected)
 
 
 def _check_batch_fractions(cfg: DictConfig, stages: tuple[str, ...]) -> None:
@@ -192,6 +200,13 @@ def image_files(images: Any) -> list[Path]:
 def check_eval_config(cfg: DictConfig) -> None:
     _check_rules(cfg, ["data.batch_size", "data.download", "trainer.limit_test_batches"])
     _check_batch_fractions(cfg, ("test",))
+    trainer = {k: OmegaConf.select(cfg, f"trainer.{k}") for k in ("strategy", "devices", "num_nodes")}
+    if trainer != {"strategy": "auto", "devices": 1, "num_nodes": 1}:
+        raise UserError(
+            f"eval.py tests in one process on one device, and this run asks for {trainer} (trainer=ddp or "
+            f"trainer.devices): Lightning would start the other processes by running eval.py again, inside this "
+            f"run's directory. Leave trainer=ddp and trainer.devices out: the test set takes seconds on one device."
+        )
     writable(cfg.data.root, "The data folder (data.root)")
     existing_checkpoint(given_ckpt_path(cfg))
 

@@ -128,7 +128,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         super().__init__()
         self.root, self.batch_size, self.val_size = Path(root), batch_size, val_size
         self.split_seed, self.shuffle_seed, self.normalize = split_seed, shuffle_seed, normalize
-        self.search_dirs, self.download, self.download_timeout = list(search_dirs), download, download_timeout
+        # one folder given on the command line (data.search_dirs=/share/fmnist) arrives as a string
+        self.search_dirs = [search_dirs] if isinstance(search_dirs, str) else list(search_dirs)
+        self.download, self.download_timeout = download, download_timeout
         self.expected_sizes = dict(expected_sizes or {})
         # with normalize, set by setup from the training images, or restored from a checkpoint's state
         self.mean, self.std = (None, None) if normalize else (0.0, 1.0)

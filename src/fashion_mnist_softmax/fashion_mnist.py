@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock
 
 from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.metrics import new_file_mode
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -91,6 +92,7 @@ def _extract(gz: Path, dest: Path) -> None:
     """Decompress ``gz`` to ``dest`` atomically: a temp file in the same folder, then a rename."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())  # a data folder others share: readable as any file the user makes
         with os.fdopen(fd, "wb") as out, gzip.open(gz, "rb") as src:
             while chunk := src.read(1 << 20):
                 out.write(chunk)

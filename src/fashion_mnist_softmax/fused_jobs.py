@@ -37,6 +37,16 @@ from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
 # what the members of one group may differ in; every other key of their configs must be equal
 MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "data.shuffle_seed", "impl", "paths")
 SGDS = ("torch.optim.SGD", "fashion_mnist_softmax.scratch.SGD")
+FUSED_SGD_KEYS = ("_target_", "lr", "momentum", "weight_decay")  # the options the fused SGD applies per member
+# torch.optim.SGD's other options at their defaults, which take the fused SGD's steps; any other value does not
+SGD_DEFAULTS = {
+    "dampening": 0,
+    "nesterov": False,
+    "maximize": False,
+    "foreach": None,
+    "differentiable": False,
+    "fused": None,
+}
 DATA_MODULE = "fashion_mnist_softmax.data.FashionMNISTDataModule"
 HPARAM_KEYS = ("lr", "weight_decay", "momentum", "seed")  # callbacks.hparams.hparams that follow the member keys
 # schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
@@ -70,6 +80,16 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "a model or DataModule of its own: the fused population is this project's softmax regression"
     if cfg["optim"]["_target_"] not in SGDS:
         return f"the optimizer {cfg['optim']['_target_']} is not SGD"
+    other = {
+        key: value
+        for key, value in cfg["optim"].items()
+        if key not in FUSED_SGD_KEYS and (key not in SGD_DEFAULTS or value != SGD_DEFAULTS[key])
+    }
+    if other:
+        options = ", ".join(
+            f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in other.items()
+        )
+        return f"the optimizer option{'s' * (len(other) > 1)} {options}, which the fused SGD does not implement"
     several_gpus = trainer.get("accelerator") != "cpu" and torch.cuda.device_count() > 1  # devices=auto takes all
     devices = trainer.get("devices")
     if (
@@ -126,7 +146,8 @@ class Member:
         epoch: int,
         step: int,
     ) -> None:
-        """A checkpoint of the member's own impl, as train.py writes one: eval.py and predict.py load it."""
+        """A checkpoint of the member's own impl, as train.py writes one: eval.py and predict.py load it. It holds
+        the weights only (no optimizer, loop or callback states), so train.py refuses to resume it."""
         w, b = weights
         names = {"W": w, "b": b} if hasattr(self.model, "W") else {"net.1.weight": w.T, "net.1.bias": b}
         self.model.load_state_dict(names, strict=False)
@@ -347,7 +368,9 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_loss, test_acc = module.epoch_metrics("test")
     for member, i in zip(members, order, strict=True):
-        if not module.alive[member.k]:
+        if not module.alive[member.k]:  # its loggers write what they hold, as a lone run's do when it fails
+            for logger in member.loggers:
+                logger.finalize("failed")
             results[i] = UserError(module.failures[member.k])
             continue
         tested = member.best_path if base["test_ckpt"] == "best" else member.dir / "checkpoints" / "last.ckpt"

@@ -20,11 +20,19 @@ SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES = "samples", "predictions", "we
 METRICS_FILE = "metrics.json"
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file, 0o666 less the umask; ``mkstemp`` makes its files owner-only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON through a temp file and a rename, so readers never see half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")

@@ -34,7 +34,11 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image)
-    gray = np.asarray(image.convert("L"), dtype=np.uint8)
+    if image.mode.startswith(("I", "F")):  # 16- or 32-bit pixels, which convert("L") clips at 255: stretched
+        pixels = np.asarray(image, dtype=np.float64)
+        gray = ((pixels - pixels.min()) / (np.ptp(pixels) or 1.0) * 255).round().astype(np.uint8)
+    else:
+        gray = np.asarray(image.convert("L"), dtype=np.uint8)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 127:
         gray = 255 - gray
@@ -54,7 +58,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return to_fashion_mnist(image)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(
             f"The file {path} cannot be read as an image ({type(e).__name__}: {e}). Give PNG, JPEG or other "
             f"image files, or remove this one from images=."

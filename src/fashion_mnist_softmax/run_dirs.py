@@ -41,10 +41,15 @@ def prepare(config: DictConfig, kind: str, app: str | None) -> None:
     """Check ``config`` and give it a dir of its own: ``kind`` is "run" or "sweep"."""
     if kind == "run" and app in CHECKS:
         CHECKS[app](config)
-        if config.get("ckpt_path"):
+        impl = config.impl._target_ if app == "train" else None
+        tested = config.test_ckpt if impl and config.test_ckpt not in ("best", "last") else None
+        if config.get("ckpt_path") or tested:
             from fashion_mnist_softmax.checkpoints import check_checkpoint  # torch: only to read a checkpoint
 
-            check_checkpoint(config.ckpt_path, config.impl._target_ if app == "train" else None)
+            if config.get("ckpt_path"):
+                check_checkpoint(config.ckpt_path, impl, resume=impl is not None)
+            if tested:
+                check_checkpoint(tested, impl)
     local = "slurm" not in str(config.hydra.launcher.get("_target_", "")).lower()
     if kind == "sweep" and local and (num_nodes := OmegaConf.select(config, "trainer.num_nodes", default=1) or 1) > 1:
         raise multi_node_refusal(num_nodes)

@@ -113,12 +113,12 @@ def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for config, members in groups.items():
         out_row: dict[str, Any] = dict(zip(config_keys, config, strict=True)) | {"seeds": len(members)}
-        for metric in SUMMARY_METRICS:
-            values = [r[metric] for r in members]
-            out_row[f"{metric} mean"] = statistics.fmean(values)
-            out_row[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for metric in SUMMARY_METRICS:  # val/acc_best is None where no validation ran
+            values = [r[metric] for r in members if r[metric] is not None]
+            out_row[f"{metric} mean"] = statistics.fmean(values) if values else None
+            out_row[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
         out.append(out_row)
-    return sorted(out, key=lambda row: -row[f"{m.VAL_ACC_BEST} mean"])
+    return sorted(out, key=lambda row: _best_first(row | {STATUS: "ok", m.VAL_ACC_BEST: row[f"{m.VAL_ACC_BEST} mean"]}))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -170,7 +170,10 @@ def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool
             _write_csv(sweep_dir / SEEDS_CSV, seeds)
             shown = [
                 {k: v for k, v in row.items() if not k.endswith((" mean", " std"))}
-                | {x: f"{row[f'{x} mean']:.4f} ± {row[f'{x} std']:.4f}" for x in SUMMARY_METRICS}
+                | {
+                    x: f"{row[f'{x} mean']:.4f} ± {row[f'{x} std']:.4f}" if row[f"{x} mean"] is not None else ""
+                    for x in SUMMARY_METRICS
+                }
                 for row in seeds
             ]
             md += ["", "## Mean ± std over seeds", "", *_markdown_table(shown)]

@@ -28,7 +28,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     console.quiet()
     check_train_config(cfg)
     if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, cfg.impl._target_)
+        check_checkpoint(cfg.ckpt_path, cfg.impl._target_, resume=True)
+    if cfg.test_ckpt not in ("best", "last"):
+        check_checkpoint(cfg.test_ckpt, cfg.impl._target_)
     run_dir = Path(cfg.paths.output_dir)
     summary = EpochSummary()
     checkpoint = ModelCheckpoint(
