@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sweep_runs import job_dirs, run_multirun
 
 from fashion_mnist_softmax import metrics as m
 from fashion_mnist_softmax.checkpoints import load_model
+from fashion_mnist_softmax.errors import ERROR_FILE
 from fashion_mnist_softmax.sweeps import SUMMARY_CSV
 from fashion_mnist_softmax.training import train
 
@@ -87,6 +89,28 @@ def test_ddp_inside_an_optuna_sweep_on_parallel_joblib_workers_and_an_empty_data
         assert ran["optim"]["momentum"] == float(sampled["optim.momentum"])
     assert len(digests) == 2
     assert len(_read_summary(sweep)) == 2
+
+
+def test_a_diverging_ddp_job_of_a_multirun_writes_its_reason_to_error_txt(tmp_path: Path, fake_archives: Path) -> None:
+    """The ranks hand their paragraph to the job, which writes it to error.txt and the summary, and prints it.
+
+    Either rank may diverge first; the launcher then stops the other one, rank 0 too (SIGTERM)."""
+    tiny = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.output")]
+    tiny = [o for o in tiny if not o.startswith("trainer.max_epochs=")]
+    logs = tmp_path / "logs"
+    result = run_script("train.py", "-m", *tiny, *DDP, "trainer.max_epochs=1", "optim.lr=1e30", f"paths.log_dir={logs}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-4000:]
+    (sweep,) = (logs / "train" / "multiruns").iterdir()
+    (job,) = job_dirs(sweep)
+    reason = (job / ERROR_FILE).read_text().strip()
+    assert reason.startswith("Training stopped: the loss diverged") and "\n\n" not in reason, reason
+    with open(sweep / SUMMARY_CSV, newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["status"] == "failed" and row["reason"] == reason
+    assert not list(job.glob(".rank*")), "the ranks' hand-over files are gone"
+    stderr = " ".join(result.stderr.split())
+    assert "Job 0 failed: Training stopped: the loss diverged" in stderr, result.stderr[-4000:]
+    assert "Error: Training stopped" not in stderr, "the ranks leave the paragraph to the job"
 
 
 def test_multi_node_ddp_in_a_local_multirun_is_refused(tmp_path: Path, fake_archives: Path) -> None:

@@ -1,6 +1,8 @@
 """One DDP rank, started by :mod:`fashion_mnist_softmax.distributed`: ``python -m ...ddp_rank CONFIG_JSON``.
 
 It trains exactly the job's resolved config (given as JSON), and says so with the config's fingerprint.
+A :class:`UserError` ends the rank with ``EXIT_USER_ERROR``, its message left for the job to report
+(:func:`~fashion_mnist_softmax.distributed.rank_error_file`), or printed here if that file can't be written.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
-from fashion_mnist_softmax.distributed import config_digest
-from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.distributed import config_digest, rank_error_file
+from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError, refuse
 from fashion_mnist_softmax.training import train
 
 
@@ -25,7 +27,15 @@ def main(config_json: str) -> None:
     if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: the ranks share this node's cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
     try:
-        friendly_errors(train)(OmegaConf.create(resolved))
+        train(OmegaConf.create(resolved))
+    except UserError as e:
+        try:
+            path = rank_error_file(run_dir, os.environ["RANK"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(e.message)
+        except OSError:
+            refuse(e)  # the job can't read it: the paragraph on this rank's stderr
+        sys.exit(EXIT_USER_ERROR)  # the job says it, once
     finally:  # a rank that exits with gloo's threads still running aborts ("terminate called ...")
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

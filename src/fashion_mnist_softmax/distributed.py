@@ -5,6 +5,10 @@ rank would start a sweep of its own. So a job that asks for several processes, n
 outside (``torchrun``, SLURM), does what ``torchrun`` does: ``elastic_launch`` starts one
 ``python -m fashion_mnist_softmax.ddp_rank <resolved config>`` per device, where Lightning finds the
 torchelastic environment. Rank 0 writes the outputs; the job process keeps no process group.
+
+A rank stopped by a :class:`UserError` hands its paragraph to the job in a private file of the run dir
+(:func:`rank_error_file`), which the job reads, deletes and raises as its own :class:`UserError`: the
+paragraph is printed once, and in a multirun it goes to the job's ``error.txt`` and the sweep's summary.
 """
 
 from __future__ import annotations
@@ -37,6 +41,24 @@ def config_digest(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def rank_error_file(run_dir: str | Path, rank: int | str) -> Path:
+    """Where global rank ``rank``, stopped by a :class:`UserError`, leaves its message for the job."""
+    return Path(run_dir) / f".rank{rank}.error"
+
+
+def _take_rank_errors(run_dir: Path, world_size: int) -> dict[int, str]:
+    """The messages the ranks left, by rank; the files are deleted, so that the run dir holds what a lone run writes."""
+    messages = {}
+    for rank in range(world_size):
+        path = rank_error_file(run_dir, rank)
+        try:
+            messages[rank] = path.read_text()
+        except FileNotFoundError:
+            continue
+        path.unlink(missing_ok=True)
+    return messages
+
+
 def start_ranks(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     """Train ``cfg`` in one process per device of ``trainer``; return the metrics that rank 0 wrote."""
     run_dir = Path(cfg.paths.output_dir)
@@ -56,11 +78,19 @@ def start_ranks(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     )
     for name in ("torch.distributed.elastic", "torch.multiprocessing"):  # their report of a failed rank: ours is below
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    world_size = trainer.num_devices  # one node
+    _take_rank_errors(run_dir, world_size)  # none left from an earlier run in this dir
     try:
         elastic_launch(launch, sys.executable)("-m", "fashion_mnist_softmax.ddp_rank", json.dumps(resolved))
     except ChildFailedError as e:
+        # a rank stopped by a UserError makes the launcher stop the others, rank 0 too (SIGTERM, exit -15): its file
+        # says why, whichever rank it was
+        if messages := _take_rank_errors(run_dir, world_size):
+            raise UserError(messages[min(messages)]) from None
         rank, failure = min(e.failures.items())
         if failure.exitcode == EXIT_USER_ERROR:
             raise UserError(f"DDP rank {rank} of {run_dir} stopped with the error printed above.") from None
         raise RuntimeError(f"DDP rank {rank} of {run_dir} failed with exit status {failure.exitcode}.") from None
+    finally:  # whatever else ended the launch (Ctrl-C), no file is left
+        _take_rank_errors(run_dir, world_size)
     return m.read_metrics(run_dir)
