@@ -4,6 +4,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 
+from fashion_mnist_softmax.config import check_train_config
+from fashion_mnist_softmax.errors import UserError
+
 
 def test_defaults_compose(compose_cfg):
     cfg = compose_cfg(["paths.output_dir=/tmp/x"])
@@ -46,3 +49,25 @@ def test_unknown_impl_lists_the_choices(compose_cfg):
     with pytest.raises(ConfigCompositionException) as e:
         compose_cfg(["impl=nope"])
     assert "concise" in str(e.value.__cause__ or e.value) and "scratch" in str(e.value.__cause__ or e.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "phrase"),
+    [
+        ("seed=-1", "seed=-1 is not valid: it must be a whole number from 0 to 4294967295"),
+        ("optim.weight_decay=null", "optim.weight_decay=null is not valid: it must be a number of at least 0"),
+        ("trainer.limit_test_batches=0", "trainer.limit_test_batches=0 is not valid: it must be a number of batches"),
+        # 64 hold-out images in batches of 32: a thousandth of 2 batches is none
+        ("trainer.limit_val_batches=0.001", "trainer.limit_val_batches=0.001 is not valid: it must be at least 1/2"),
+        ("trainer.limit_val_batches=0", "test_ckpt=best tests the checkpoint with the best val/acc"),
+    ],
+)
+def test_values_lightning_would_refuse_after_the_data_has_loaded_are_refused_first(tiny_cfg, override, phrase):
+    """The same check that ``test_faults.py`` runs in real train.py processes, on the composed config."""
+    with pytest.raises(UserError) as error:
+        check_train_config(tiny_cfg(override))
+    assert phrase in error.value.message
+
+
+def test_adams_missing_momentum_is_not_a_null_one(tiny_cfg):
+    check_train_config(tiny_cfg("impl=concise", "optim=adam"))  # Adam has no momentum key
