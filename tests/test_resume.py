@@ -168,45 +168,25 @@ def test_a_signal_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(ru
 
 def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whole(fake_archives, tmp_path):
     """A checkpoint taken after an epoch's last step would resume into a finished epoch, whose validation and
-    history row Lightning then skips: the run stops once the epoch has ended, its checkpoints written."""
-    base = [*tiny_overrides(fake_archives, tmp_path / "data", tmp_path / "unused"), "trainer.max_epochs=3"]
-    runs = {name: tmp_path / name for name in ("reference", "interrupted")}
-    signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=2"]
-    env = {"PYTHONPATH": str(ROOT / "tests")}
-    with ThreadPoolExecutor(2) as pool:
-        reference, interrupted = pool.map(
-            lambda name: run_script(
-                "train.py",
-                *base,
-                f"hydra.run.dir={runs[name]}",
-                f"paths.output_dir={runs[name]}",
-                *(signal_at if name == "interrupted" else []),
-                env=env,
-            ),
-            runs,
-        )
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    last = runs["interrupted"] / "checkpoints" / "last.ckpt"
+    history row Lightning then skips: the run stops once the epoch has ended, its checkpoints written. (Resuming
+    from an epoch's end gives the uninterrupted run's history: the SIGKILL test above.)"""
+    run = tmp_path / "run"
+    base = [*tiny_overrides(fake_archives, tmp_path / "data", run), f"hydra.run.dir={run}"]  # 2 epochs of 14 steps
+    signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=1"]
+    interrupted = run_script("train.py", *base, *signal_at, env={"PYTHONPATH": str(ROOT / "tests")})
+    last = run / "checkpoints" / "last.ckpt"
     assert interrupted.returncode == 1, interrupted.stderr[-2000:]
-    assert f"Interrupted after epoch 2. Resume with ckpt_path={last}" in interrupted.stdout
-    steps_per_epoch = torch.load(runs["reference"] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] // 3
+    assert f"Interrupted after epoch 1. Resume with ckpt_path={last}" in interrupted.stdout
     saved = torch.load(last, weights_only=True)
-    assert saved["global_step"] == 2 * steps_per_epoch
-    assert [row["epoch"] for row in saved["callbacks"]["EpochSummary"]["history"]] == [1, 2]
+    assert saved["global_step"] == 14 and len(saved["callbacks"]["EpochSummary"]["history"]) == 1
 
-    resumed = run_script(
-        "train.py",
-        *base,
-        f"hydra.run.dir={runs['interrupted']}",
-        f"paths.output_dir={runs['interrupted']}",
-        f"ckpt_path={last}",
-    )
+    resumed = run_script("train.py", *base, f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = comparable(m.read_metrics(runs["reference"])), comparable(m.read_metrics(runs["interrupted"]))
-    assert [row["epoch"] for row in b["history"]] == [1, 2, 3]
-    for row_a, row_b in zip(a["history"], b["history"], strict=True):
-        assert row_b == pytest.approx(row_a, abs=1e-6)
-    assert b[m.TEST_ACC] == pytest.approx(a[m.TEST_ACC], abs=1e-6)
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * 14
+    history = m.read_metrics(run)["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    for row in history:  # epoch 1 kept its validation and its row
+        assert all(math.isfinite(row[k]) for k in (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC)), row
 
 
 def test_last_ckpt_ends_every_epoch_when_validation_runs_every_other_one(tiny_cfg, tmp_path):
