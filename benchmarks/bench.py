@@ -319,6 +319,7 @@ def run_child(
 
 # the sweeps: the chapter's recipe over impl x lr x momentum (x weight decay) x seed
 SWEEP_GRIDS = {
+    2: ["impl=scratch,concise"],  # the smallest, for the tests
     4: ["impl=scratch,concise", "seed=1,2"],
     32: ["impl=scratch,concise", "optim.lr=0.03,0.1,0.2,0.3", "optim.momentum=0,0.5", "seed=1,2"],
     128: [

@@ -29,7 +29,7 @@ def load_bench():
 def test_bench_writes_json_and_table(fake_archives, tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--data-dir", str(fake_archives), "--out", str(out)]
-    cmd += ["--epochs", "2", "--repeats", "1", "--impls", "concise", "--sweeps", "4", "--scales"]
+    cmd += ["--epochs", "2", "--repeats", "1", "--impls", "concise", "--sweeps", "2", "--scales"]
     # the default callbacks' sweep is the same code with another config; make_scaled is tested below
     cmd += ["--sweep-callbacks", "none"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=500)
@@ -57,20 +57,20 @@ def test_bench_writes_json_and_table(fake_archives, tmp_path):
     assert set(results["targets"]) and all(isinstance(ok, bool) for ok in results["targets"].values())
     assert not list(out.glob("scale*x/"))  # the scaled copies are removed
 
-    assert [(r["jobs"], r["callbacks"]) for r in results["sweeps"]] == [(4, "none")]
+    assert [(r["jobs"], r["callbacks"]) for r in results["sweeps"]] == [(2, "none")]
     for r in results["sweeps"]:
         assert r["ratio"] == pytest.approx(r["basic_s"] / r["fused_s"])
         assert r["plain_loop_job_s"] == results["rows"][1]["process_s"]
-        assert r["agreement"]["jobs"] == 4 and r["agreement"]["within_tolerance_by_lr"] == {"0.1": [4, 4]}
-        assert r["agreement"]["within_tolerance"] == 4 and r["agreement"]["max_loss_gap"] <= 1e-4
+        assert r["agreement"]["jobs"] == 2 and r["agreement"]["within_tolerance_by_lr"] == {"0.1": [2, 2]}
+        assert r["agreement"]["within_tolerance"] == 2 and r["agreement"]["max_loss_gap"] <= 1e-4
     sweep_dirs = sorted(d.name for d in (out / "sweeps").iterdir())
-    assert sweep_dirs == ["4-basic-none", "4-fused-none"]
+    assert sweep_dirs == ["2-basic-none", "2-fused-none"]
 
     table = (out / "bench.md").read_text()
     assert table in result.stdout
     assert "| project (concise) |" in table
     assert "project (concise): fastest epoch <= 1.25x bare LightningModule's" in table
-    assert "| 4 jobs | none |" in table and "4-job sweep, callbacks=none: fused per job" in table
+    assert "| 2 jobs | none |" in table and "2-job sweep, callbacks=none: fused per job" in table
 
 
 def test_make_scaled_repeats_the_training_set(fake_archives, tmp_path):

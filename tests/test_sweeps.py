@@ -89,21 +89,21 @@ def test_seed_means_leave_out_what_no_validation_measured(tmp_path: Path) -> Non
 
 def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}"]
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}"]
     search.append("hydra.sweeper.study_name=resume")
     first, _ = run_multirun(tmp_path / "first", fake_archives, *search)
     second, _ = run_multirun(tmp_path / "second", fake_archives, *search)
 
     study = optuna.load_study(study_name="resume", storage=storage)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     jobs = job_dirs(first) + job_dirs(second)
     assert [t.value for t in study.trials] == [pytest.approx(m.read_metrics(j)[m.VAL_ACC_BEST]) for j in jobs]
     for trial, job in zip(study.trials, jobs, strict=True):
         assert m.read_metrics(job)["hparams"]["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
     lrs = [t.params["optim.lr"] for t in study.trials]
-    assert len(set(lrs)) == 4, "the resumed study drew new trials, not the first ones again"
-    assert sorted(r["trial"] for r in _read_csv(second / SUMMARY_CSV)) == ["2", "3"]
-    assert sorted(r["trial"] for r in _read_csv(first / SUMMARY_CSV)) == ["0", "1"]
+    assert len(set(lrs)) == 2, "the resumed study drew a new trial, not the first one again"
+    assert [r["trial"] for r in _read_csv(second / SUMMARY_CSV)] == ["1"]
+    assert [r["trial"] for r in _read_csv(first / SUMMARY_CSV)] == ["0"]
 
 
 def test_submitit_slurm_launcher_composes_for_ddp() -> None:
