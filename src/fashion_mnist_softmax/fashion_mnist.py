@@ -11,7 +11,6 @@ import gzip
 import os
 import socket
 import struct
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from filelock import FileLock
 
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.metrics import new_file_mode
+from fashion_mnist_softmax.metrics import temp_file_beside
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -90,9 +89,8 @@ _REPLACE_HINT = "Move it aside and run again to install a fresh copy, or replace
 
 def _extract(gz: Path, dest: Path) -> None:
     """Decompress ``gz`` to ``dest`` atomically: a temp file in the same folder, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(dest)  # readable by others as any file the user makes: data folders are shared
     try:
-        os.fchmod(fd, new_file_mode())  # a data folder others share: readable as any file the user makes
         with os.fdopen(fd, "wb") as out, gzip.open(gz, "rb") as src:
             while chunk := src.read(1 << 20):
                 out.write(chunk)

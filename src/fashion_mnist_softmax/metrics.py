@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,20 @@ SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES = "samples", "predictions", "we
 METRICS_FILE = "metrics.json"
 
 
-def new_file_mode() -> int:
-    """The mode ``open()`` gives a new file, 0o666 less the umask; ``mkstemp`` makes its files owner-only."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def temp_file_beside(path: Path) -> tuple[int, Path]:
+    """A new, uniquely named file next to ``path``, to be renamed over it: its descriptor and its path.
+
+    Made with the mode ``open()`` gives, the umask applied (``tempfile.mkstemp`` makes owner-only files).
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON through a temp file and a rename, so readers never see half a file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
-        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
