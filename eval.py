@@ -6,8 +6,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fashion_mnist_softmax import metrics
-from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.run import metrics
+from fashion_mnist_softmax.run.failures import friendly_errors
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
@@ -15,7 +15,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 @friendly_errors
 def main(cfg: DictConfig) -> float:
-    from fashion_mnist_softmax.evaluation import evaluate  # torch and Lightning load once the config passed its checks
+    from fashion_mnist_softmax.run.evaluation import (
+        evaluate,  # torch and Lightning load once the config passed its checks
+    )
 
     return evaluate(cfg)[metrics.TEST_ACC]
 

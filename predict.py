@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.run.failures import friendly_errors
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
@@ -14,7 +14,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    from fashion_mnist_softmax.prediction import predict  # torch loads once the config passed its checks
+    from fashion_mnist_softmax.run.prediction import predict  # torch loads once the config passed its checks
 
     predict(cfg)
 

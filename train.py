@@ -6,8 +6,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fashion_mnist_softmax import metrics
-from fashion_mnist_softmax.errors import friendly_errors
+from fashion_mnist_softmax.run import metrics
+from fashion_mnist_softmax.run.failures import friendly_errors
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
@@ -16,7 +16,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @friendly_errors
 def main(cfg: DictConfig) -> float:
     """The returned ``val/acc_best`` is the objective of Optuna sweeps."""
-    from fashion_mnist_softmax.training import train  # torch and Lightning load once the config passed its checks
+    from fashion_mnist_softmax.run.training import train  # torch and Lightning load once the config passed its checks
 
     return train(cfg)[metrics.VAL_ACC_BEST]
 

@@ -179,8 +179,8 @@ def case_bare(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: s
     import torch
     from torch import nn
 
-    from fashion_mnist_softmax import scratch
-    from fashion_mnist_softmax.data import FashionMNISTDataModule
+    from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
+    from fashion_mnist_softmax.models import scratch
 
     import_s = time.perf_counter() - start
 
@@ -233,8 +233,8 @@ def case_project_pass(root: Path, epochs: int, impl: str, data_dir: Path, accele
     start = time.perf_counter()
     import hydra  # noqa: F401
 
-    from fashion_mnist_softmax import training  # noqa: F401
-    from fashion_mnist_softmax.data import FashionMNISTDataModule
+    from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
+    from fashion_mnist_softmax.run import training  # noqa: F401
 
     import_s = time.perf_counter() - start
     dm = FashionMNISTDataModule(str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[data_dir], download=False)

@@ -19,10 +19,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fashion_mnist_softmax.callbacks import EpochProgressBar, EpochSummary, SaveOnInterrupt, StopOnDivergedLoss
-from fashion_mnist_softmax.concise import ConciseSoftmaxRegression
-from fashion_mnist_softmax.data import EpochBatchSampler, InMemoryFashionMNIST
-from fashion_mnist_softmax.fashion_mnist import load_split
+from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, InMemoryFashionMNIST
+from fashion_mnist_softmax.data.fashion_mnist import load_split
+from fashion_mnist_softmax.models.concise import ConciseSoftmaxRegression
+from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
+from fashion_mnist_softmax.run.history import EpochSummary
+from fashion_mnist_softmax.run.progress import EpochProgressBar
 
 EPOCHS, BATCH_SIZE, LR = 5, 256, 0.1
 

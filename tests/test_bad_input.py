@@ -10,10 +10,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fashion_mnist_softmax.callbacks import StopOnDivergedLoss
+from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.data.fashion_mnist import raw_dir
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.fashion_mnist import raw_dir
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.run.guards import StopOnDivergedLoss
+from fashion_mnist_softmax.run.training import train
 
 from conftest import run_script
 
@@ -43,7 +44,7 @@ def assert_clear_failure(result, *phrases: str) -> None:
 def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, override):
     key = override.split("=")[0]
     with pytest.raises(UserError, match=rf"^{key}=.* is not valid: it must be"):
-        train(tiny_cfg(override))
+        check_config(tiny_cfg(override), "train")
     assert not (tmp_path / "data").exists(), "the data was prepared before the config was checked"
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -57,8 +58,27 @@ def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, ov
 )
 def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
-        train(tiny_cfg(*overrides))
+        check_config(tiny_cfg(*overrides), "train")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "phrase"),
+    [
+        ("+optim.lrr=0.1", "optim.lrr is not a setting of this run: did you mean optim.lr?"),
+        ("+trainer.max_epoch=3", "trainer.max_epoch is not a setting of this run: did you mean trainer.max_epochs?"),
+        ("optim.lr=abc", "optim.lr='abc' is not valid: it must be a number greater than 0"),
+        ("data.batch_size=1.5", "data.batch_size=1.5 is not valid: it must be a whole number of at least 1"),
+        ("optim=adam +optim.momentum=0.9", "optim (torch.optim.Adam) takes lr, betas, eps, weight_decay"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(tmp_path, override, phrase):
+    logs = tmp_path / "logs"
+    result = run_script("train.py", *override.split(), f"paths.log_dir={logs}", env=ONE_THREAD)
+    assert result.returncode == 2 and result.stdout == ""
+    assert_clear_failure(result, phrase)
+    assert result.stderr.strip().startswith("Error: ") and "HYDRA_FULL_ERROR" not in result.stderr
+    assert not logs.exists(), "a run dir was made for a config that cannot run"
 
 
 def test_unknown_impl_lists_the_choices(tiny_train_args):
@@ -152,7 +172,7 @@ def test_bad_resume_checkpoint_is_named(tiny_cfg, tmp_path, problem):
         bad = good
     impl = "concise" if problem == "other impl" else "scratch"
     with pytest.raises(UserError, match=re.escape(str(bad))) as error:
-        train(tiny_cfg(f"impl={impl}", f"ckpt_path={bad}", "trainer.max_epochs=2"))
+        check_config(tiny_cfg(f"impl={impl}", f"ckpt_path={bad}", "trainer.max_epochs=2"), "train")
     if problem == "other impl":
         assert "holds a scratch model, but impl=concise" in error.value.message
 

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from fashion_mnist_softmax.data import FashionMNISTDataModule, InMemoryFashionMNIST
-from fashion_mnist_softmax.fashion_mnist import ensure_raw_files
-from fashion_mnist_softmax.scratch import ScratchSoftmaxRegression
+from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule, InMemoryFashionMNIST
+from fashion_mnist_softmax.data.fashion_mnist import ensure_raw_files
+from fashion_mnist_softmax.models.scratch import ScratchSoftmaxRegression
 
 from conftest import ROOT, run_script
 
-SGD = {"_target_": "fashion_mnist_softmax.scratch.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
+SGD = {"_target_": "fashion_mnist_softmax.models.scratch.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
 
 
 def load_bench():
@@ -117,7 +117,7 @@ def test_gpu_training_keeps_the_data_on_the_device(tiny_cfg):
 
 def test_metrics_handed_over_once_per_epoch_cover_every_batch(tiny_cfg, tmp_path):
     """The metrics go to Lightning once per epoch, yet cover every batch: test/acc is the whole set's."""
-    from fashion_mnist_softmax.training import train
+    from fashion_mnist_softmax.run.training import train
 
     cfg = tiny_cfg("impl=scratch", "test_ckpt=last")
     metrics = train(cfg)

@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 
-from fashion_mnist_softmax.config import check_train_config
+from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.errors import UserError
 
 
@@ -27,7 +27,9 @@ def test_d2l_experiment_is_the_chapters_recipe(compose_cfg):
     assert (cfg.optim.lr, cfg.trainer.max_epochs, cfg.test_ckpt) == (0.1, 5, "last")
 
 
-@pytest.mark.parametrize(("impl", "module"), [("scratch", "fashion_mnist_softmax.scratch"), ("concise", "torch.optim")])
+@pytest.mark.parametrize(
+    ("impl", "module"), [("scratch", "fashion_mnist_softmax.models.scratch"), ("concise", "torch.optim")]
+)
 def test_the_optimizer_config_names_the_class_that_runs(compose_cfg, impl, module):
     cfg = compose_cfg([f"impl={impl}", "optim.lr=0.3", "optim.momentum=0.5"])
     model = instantiate(cfg.impl)
@@ -65,9 +67,9 @@ def test_unknown_impl_lists_the_choices(compose_cfg):
 def test_values_lightning_would_refuse_after_the_data_has_loaded_are_refused_first(tiny_cfg, override, phrase):
     """The same check that ``test_faults.py`` runs in real train.py processes, on the composed config."""
     with pytest.raises(UserError) as error:
-        check_train_config(tiny_cfg(override))
+        check_config(tiny_cfg(override), "train")
     assert phrase in error.value.message
 
 
 def test_adams_missing_momentum_is_not_a_null_one(tiny_cfg):
-    check_train_config(tiny_cfg("impl=concise", "optim=adam"))  # Adam has no momentum key
+    check_config(tiny_cfg("impl=concise", "optim=adam"), "train")  # Adam has no momentum key

@@ -15,15 +15,15 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from fashion_mnist_softmax.data import EpochBatchSampler, FashionMNISTDataModule
-from fashion_mnist_softmax.fashion_mnist import (
+from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, FashionMNISTDataModule
+from fashion_mnist_softmax.data.fashion_mnist import (
     RAW_FILES,
     DataError,
     ensure_raw_files,
     get_fashion_mnist_labels,
     raw_dir,
 )
-from fashion_mnist_softmax.metrics import write_json_atomic
+from fashion_mnist_softmax.files import write_json_atomic
 
 
 def datamodule(archives: Path, root: Path, **kwargs) -> FashionMNISTDataModule:
@@ -80,7 +80,7 @@ def test_failed_download_is_reported_quickly(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr("fashion_mnist_softmax.fashion_mnist._download", refuse)
+    monkeypatch.setattr("fashion_mnist_softmax.data.fashion_mnist._download", refuse)
     with pytest.raises(DataError, match="network is unreachable"):
         ensure_raw_files(tmp_path, [], download=True)
 

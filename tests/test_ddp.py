@@ -13,11 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from sweep_runs import job_dirs, run_multirun
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checkpoints import load_model
-from fashion_mnist_softmax.errors import ERROR_FILE
-from fashion_mnist_softmax.sweeps import SUMMARY_CSV
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.run.checkpoints import load_model
+from fashion_mnist_softmax.run.failures import ERROR_FILE
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, read_metrics
+from fashion_mnist_softmax.run.training import train
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV
 
 from conftest import run_script, tiny_overrides
 
@@ -41,7 +41,7 @@ def _event_file_pids(job: Path) -> set[str]:
 
 def _test_in_one_process(job: Path) -> dict[str, float]:
     """Test the checkpoint that the DDP job tested, in this process on all test images."""
-    metrics = m.read_metrics(job)
+    metrics = read_metrics(job)
     model, data_state = load_model(metrics["test_ckpt"])
     datamodule = instantiate(OmegaConf.create(metrics["hparams"]).data)
     datamodule.load_state_dict(data_state)
@@ -56,15 +56,15 @@ def test_ddp_multirun_with_synced_metrics(tmp_path: Path, fake_archives: Path) -
     sweep, result = run_multirun(tmp_path, fake_archives, *DDP, "impl=scratch")
 
     jobs = job_dirs(sweep)
-    assert [m.read_metrics(j)["impl"] for j in jobs] == ["scratch"]
+    assert [read_metrics(j)["impl"] for j in jobs] == ["scratch"]
     for job in jobs:
         job_digest, rank_digests = _digests(result.stdout, job)
         assert rank_digests == [job_digest, job_digest]
         assert len(_event_file_pids(job)) == 1  # only rank 0 writes event files
-        metrics = m.read_metrics(job)
+        metrics = read_metrics(job)
         single = _test_in_one_process(job)
-        assert metrics[m.TEST_ACC] == single[m.TEST_ACC]
-        assert abs(metrics[m.TEST_LOSS] - single[m.TEST_LOSS]) < 1e-5
+        assert metrics[TEST_ACC] == single[TEST_ACC]
+        assert abs(metrics[TEST_LOSS] - single[TEST_LOSS]) < 1e-5
 
 
 def test_ddp_inside_an_optuna_sweep_on_parallel_joblib_workers_and_an_empty_data_root(
@@ -84,7 +84,7 @@ def test_ddp_inside_an_optuna_sweep_on_parallel_joblib_workers_and_an_empty_data
         assert rank_digests == [job_digest, job_digest]
         digests.add(job_digest)
         sampled = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
-        ran = m.read_metrics(job)["hparams"]  # what rank 0 trained; the digests say every rank trained the same
+        ran = read_metrics(job)["hparams"]  # what rank 0 trained; the digests say every rank trained the same
         assert ran["optim"]["lr"] == float(sampled["optim.lr"])
         assert ran["optim"]["momentum"] == float(sampled["optim.momentum"])
     assert len(digests) == 2
@@ -121,7 +121,7 @@ def test_multi_node_ddp_in_a_local_multirun_is_refused(tmp_path: Path, fake_arch
         result.stderr.split()
     )
     assert "Traceback" not in result.stderr
-    assert not list((tmp_path / "logs").rglob(m.METRICS_FILE))
+    assert not list((tmp_path / "logs").rglob(METRICS_FILE))
 
 
 def test_ddp_all_reduces_every_sgd_step(tmp_path: Path, tiny_cfg) -> None:

@@ -13,13 +13,15 @@ import torch
 from hydra.utils import get_class
 from PIL import Image, ImageDraw
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checkpoints import DATA_STATE, MODELS, check_checkpoint
-from fashion_mnist_softmax.config import check_eval_config
-from fashion_mnist_softmax.data import FashionMNISTDataModule
+from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
+from fashion_mnist_softmax.data.images import read_image, to_fashion_mnist
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.evaluation import evaluate
-from fashion_mnist_softmax.prediction import PREDICTIONS_FILE, predict, read_image, to_fashion_mnist
+from fashion_mnist_softmax.models import MODELS
+from fashion_mnist_softmax.run.checkpoints import DATA_STATE, check_checkpoint
+from fashion_mnist_softmax.run.evaluation import evaluate
+from fashion_mnist_softmax.run.metrics import CONFUSION, PREDICTIONS, TEST_ACC, TEST_LOSS, read_metrics
+from fashion_mnist_softmax.run.prediction import PREDICTIONS_FILE, predict
 
 from conftest import run_script, tiny_overrides
 
@@ -42,7 +44,7 @@ def lone_checkpoint(trained: Path, tmp_path: Path) -> Path:
     """The checkpoint the run tested, copied alone into an empty folder."""
     folder = tmp_path / "lone"
     folder.mkdir()
-    return Path(shutil.copy(m.read_metrics(trained)["test_ckpt"], folder))
+    return Path(shutil.copy(read_metrics(trained)["test_ckpt"], folder))
 
 
 def data_args(fake_archives: Path, tmp_path: Path) -> list[str]:
@@ -65,30 +67,30 @@ def product_photo(path: Path, size: tuple[int, int] = (120, 80)) -> Path:
 
 def test_a_lone_checkpoint_gives_its_runs_test_accuracy(trained, lone_checkpoint, fake_archives, tmp_path):
     """The run standardised its images: only the checkpoint can say with which mean and std."""
-    run_metrics = m.read_metrics(trained)
+    run_metrics = read_metrics(trained)
     assert run_metrics["hparams"]["data"]["normalize"] is True
     out = tmp_path / "eval"
     args = [f"ckpt_path={lone_checkpoint}", f"hydra.run.dir={out}", *data_args(fake_archives, tmp_path)]
     result = run_script("eval.py", *args, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
-    evaluated = m.read_metrics(out)
+    evaluated = read_metrics(out)
     assert evaluated["impl"] == "scratch"
-    assert evaluated[m.TEST_ACC] == run_metrics[m.TEST_ACC]
-    assert evaluated[m.TEST_LOSS] == pytest.approx(run_metrics[m.TEST_LOSS], abs=1e-6)
-    for name in (m.CONFUSION, m.PREDICTIONS):
+    assert evaluated[TEST_ACC] == run_metrics[TEST_ACC]
+    assert evaluated[TEST_LOSS] == pytest.approx(run_metrics[TEST_LOSS], abs=1e-6)
+    for name in (CONFUSION, PREDICTIONS):
         assert Image.open(out / "figures" / f"{name}.png").size[0] > 100
     assert "Traceback" not in result.stderr
 
 
 def test_nothing_written_later_changes_what_eval_computes(trained, compose_cfg, fake_archives, tmp_path):
-    run_metrics = m.read_metrics(trained)
+    run_metrics = read_metrics(trained)
     config = trained / ".hydra" / "config.yaml"
     original = config.read_bytes()
     try:
         config.write_text("data: {normalize: false, root: /nowhere}\n")  # what a later, refused run could leave
         overrides = [f"ckpt_path={run_metrics['test_ckpt']}", f"paths.output_dir={tmp_path}", "data.normalize=false"]
         cfg = compose_cfg([*overrides, *data_args(fake_archives, tmp_path)], config_name="eval")
-        assert evaluate(cfg)[m.TEST_ACC] == run_metrics[m.TEST_ACC]
+        assert evaluate(cfg)[TEST_ACC] == run_metrics[TEST_ACC]
     finally:
         config.write_bytes(original)
 
@@ -118,8 +120,8 @@ def test_a_checkpoint_without_its_description_is_refused(trained, compose_cfg, t
 
 def test_a_weights_only_checkpoint_is_evaluated_but_not_resumed(trained, compose_cfg, fake_archives, tmp_path):
     """What the fused launcher writes: a lone run's checkpoint without what Lightning needs to resume."""
-    scratch = "fashion_mnist_softmax.scratch.ScratchSoftmaxRegression"
-    tested = m.read_metrics(trained)["test_ckpt"]
+    scratch = "fashion_mnist_softmax.models.scratch.ScratchSoftmaxRegression"
+    tested = read_metrics(trained)["test_ckpt"]
     check_checkpoint(tested, scratch, resume=True)  # a lone run's checkpoint resumes
     ckpt = torch.load(tested, weights_only=True)
     for key in ("callbacks", "optimizer_states", "loops", "lr_schedulers"):
@@ -130,7 +132,7 @@ def test_a_weights_only_checkpoint_is_evaluated_but_not_resumed(trained, compose
     with pytest.raises(UserError, match=r"holds the weights only, .* but not resumed\. Train anew, or resume"):
         check_checkpoint(weights_only, scratch, resume=True)
     overrides = [f"ckpt_path={weights_only}", f"paths.output_dir={tmp_path}", *data_args(fake_archives, tmp_path)]
-    assert evaluate(compose_cfg(overrides, config_name="eval"))[m.TEST_ACC] == m.read_metrics(trained)[m.TEST_ACC]
+    assert evaluate(compose_cfg(overrides, config_name="eval"))[TEST_ACC] == read_metrics(trained)[TEST_ACC]
 
 
 def test_eval_py_with_a_missing_checkpoint_names_it(tmp_path):
@@ -229,14 +231,14 @@ def test_an_image_too_large_to_decode_is_named(tmp_path, monkeypatch):
 def test_eval_on_several_devices_is_refused_before_it_starts(compose_cfg, tmp_path):
     cfg = compose_cfg(["ckpt_path=x.ckpt", f"paths.output_dir={tmp_path}", "trainer=ddp"], config_name="eval")
     with pytest.raises(UserError, match=r"eval\.py tests in one process on one device"):
-        check_eval_config(cfg)
+        check_config(cfg, "eval")
 
 
-@pytest.mark.parametrize(("app", "run"), [("eval", evaluate), ("predict", predict)])
-def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app, run):
+@pytest.mark.parametrize("app", ["eval", "predict"])
+def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app):
     cfg = compose_cfg([f"paths.output_dir={tmp_path}", "indices=[0]"][: 2 if app == "predict" else 1], config_name=app)
     with pytest.raises(UserError, match=r"No checkpoint given: add ckpt_path="):
-        run(cfg)
+        check_config(cfg, app)
 
 
 def test_the_checkpoint_registry_names_the_projects_own_models():

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.prediction import predict
+from fashion_mnist_softmax.run.metrics import TEST_ACC, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.run.prediction import predict
 
 from conftest import ROOT, run_script, tiny_overrides
 
@@ -151,12 +151,12 @@ def test_four_runs_started_together_each_get_a_run_dir_of_their_own(world, fake_
     assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outputs]
     runs = sorted((log_dir / "train" / "runs").iterdir())
     assert len(runs) == 4
-    assert sorted(m.read_metrics(run)["seed"] for run in runs) == [1, 2, 3, 4]
+    assert sorted(read_metrics(run)["seed"] for run in runs) == [1, 2, 3, 4]
     printed = "".join(out for out, _ in outputs)
     for run in runs:
-        metrics = m.read_metrics(run)
+        metrics = read_metrics(run)
         assert f"run dir {run}" in printed
-        assert len(metrics["history"]) == 1 and metrics[m.TEST_ACC] > 0
+        assert len(metrics["history"]) == 1 and metrics[TEST_ACC] > 0
         assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
         assert len(list((run / "checkpoints").glob("*.ckpt"))) == 2  # its own best and last, nobody else's
         writers = {path.name.split(".")[-2] for path in (run / "tensorboard").glob("events.out.tfevents.*")}
@@ -172,11 +172,11 @@ def test_resuming_a_finished_run_into_a_new_dir(world, reference, max_epochs):
     console = result.stdout + result.stderr
     assert result.returncode == 0 and "Traceback" not in console, console[-3000:]
     (new,) = run_dirs(world) - dirs
-    metrics, old = m.read_metrics(new), m.read_metrics(reference)
+    metrics, old = read_metrics(new), read_metrics(reference)
     assert [row["epoch"] for row in metrics["history"]] == list(range(1, max_epochs + 1))
     if max_epochs == 2:
         assert "Nothing left to train" in " ".join(result.stdout.split()) and "epoch 3," not in console
-        assert metrics[m.TEST_ACC] == old[m.TEST_ACC] and metrics[m.VAL_ACC_BEST] == old[m.VAL_ACC_BEST]
+        assert metrics[TEST_ACC] == old[TEST_ACC] and metrics[VAL_ACC_BEST] == old[VAL_ACC_BEST]
     else:
         assert "epoch 3," in console and "Nothing left to train" not in console
     assert fingerprint(reference) == before

@@ -12,9 +12,9 @@ import optuna
 import pytest
 import yaml
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.errors import ERROR_FILE
-from fashion_mnist_softmax.sweeps import SUMMARY_CSV, SUMMARY_MD
+from fashion_mnist_softmax.run.failures import ERROR_FILE
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV, SUMMARY_MD
 
 from conftest import run_script, tiny_overrides
 
@@ -52,10 +52,10 @@ def contained(result, sweep: Path, failed: list[str], ok: list[str]) -> None:
     for job in failed:
         reason = (sweep / job / ERROR_FILE).read_text()
         assert reason.startswith("Training stopped: the loss diverged") and "\n\n" not in reason.strip()
-        assert not (sweep / job / m.METRICS_FILE).exists()
+        assert not (sweep / job / METRICS_FILE).exists()
         assert summary[job]["status"] == "failed" and summary[job]["reason"] == reason.strip()
     for job in ok:
-        assert m.read_metrics(sweep / job)[m.TEST_ACC] > 0.5
+        assert read_metrics(sweep / job)[TEST_ACC] > 0.5
         assert summary[job]["status"] == "ok" and not summary[job]["reason"]
     assert "failed" in (sweep / SUMMARY_MD).read_text()
 
@@ -69,14 +69,14 @@ def test_a_diverging_job_fails_alone(tmp_path, fake_archives, launcher):
     contained(result, sweep, failed=["0", "1"], ok=["2", "3"])
     rows = list(read_summary(sweep).values())
     assert [row["job"] for row in rows][2:] == ["0", "1"], "failed jobs last"
-    assert float(rows[0][m.VAL_ACC_BEST]) >= float(rows[1][m.VAL_ACC_BEST]), "best val/acc_best first"
+    assert float(rows[0][VAL_ACC_BEST]) >= float(rows[1][VAL_ACC_BEST]), "best val/acc_best first"
     for row in rows:
         overrides = yaml.safe_load((sweep / row["job"] / ".hydra" / "overrides.yaml").read_text())
         assert f"impl={row['impl']}" in overrides and f"optim.lr={row['optim.lr']}" in overrides
         if row["status"] == "ok":
-            metrics = m.read_metrics(sweep / row["job"])
+            metrics = read_metrics(sweep / row["job"])
             assert metrics["impl"] == row["impl"] and metrics["hparams"]["optim"]["lr"] == float(row["optim.lr"])
-            assert metrics[m.VAL_ACC_BEST] == pytest.approx(float(row[m.VAL_ACC_BEST]))
+            assert metrics[VAL_ACC_BEST] == pytest.approx(float(row[VAL_ACC_BEST]))
 
 
 def test_an_optuna_search_goes_on_past_failed_trials_and_tells_optuna(tmp_path, fake_archives):

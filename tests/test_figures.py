@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from fashion_mnist_softmax import figures
-from fashion_mnist_softmax.fashion_mnist import CLASS_NAMES
+from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES
+from fashion_mnist_softmax.run import figures
 
 
 def size_in_pixels(fig) -> tuple[int, int]:

@@ -16,14 +16,31 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.errors import ERROR_FILE
-from fashion_mnist_softmax.evaluation import evaluate
-from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
-from fashion_mnist_softmax.fused_jobs import why_not_fused
-from fashion_mnist_softmax.prediction import predict
-from fashion_mnist_softmax.sweeps import SUMMARY_CSV
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.fused.jobs import why_not_fused
+from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
+from fashion_mnist_softmax.run.evaluation import evaluate
+from fashion_mnist_softmax.run.failures import ERROR_FILE
+from fashion_mnist_softmax.run.metrics import (
+    CONFUSION,
+    CURVES,
+    METRICS_FILE,
+    PREDICTIONS,
+    SAMPLES,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_EPOCH_TIME,
+    TRAIN_LOSS,
+    TRAIN_THROUGHPUT,
+    VAL_ACC,
+    VAL_ACC_BEST,
+    VAL_LOSS,
+    WEIGHTS,
+    read_metrics,
+)
+from fashion_mnist_softmax.run.prediction import predict
+from fashion_mnist_softmax.run.training import train
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV
 
 from conftest import run_script, tiny_overrides
 
@@ -58,15 +75,15 @@ def test_every_fused_job_equals_its_lone_run(fused, tiny_cfg, tmp_path):
         overrides = [f"{key}={value}" for key, value in zip(GRID, values, strict=True)]
         assert OmegaConf.load(job / ".hydra" / "overrides.yaml")[-len(overrides) :] == overrides
         alone = train(tiny_cfg(*overrides, f"paths.output_dir={tmp_path / job.name}"))
-        together = m.read_metrics(job)
+        together = read_metrics(job)
         assert together.keys() == alone.keys() and together["impl"] == alone["impl"]
         for row_t, row_a in zip(together["history"], alone["history"], strict=True):
-            for key in (m.TRAIN_LOSS, m.VAL_LOSS):
+            for key in (TRAIN_LOSS, VAL_LOSS):
                 assert row_t[key] == pytest.approx(row_a[key], abs=1e-4), (job.name, key)
-            for key in (m.TRAIN_ACC, m.VAL_ACC):
+            for key in (TRAIN_ACC, VAL_ACC):
                 assert row_t[key] == pytest.approx(row_a[key], abs=0.002), (job.name, key)
-        assert together[m.TEST_ACC] == pytest.approx(alone[m.TEST_ACC], abs=0.002)
-        assert together[m.TEST_LOSS] == pytest.approx(alone[m.TEST_LOSS], abs=1e-4)
+        assert together[TEST_ACC] == pytest.approx(alone[TEST_ACC], abs=0.002)
+        assert together[TEST_LOSS] == pytest.approx(alone[TEST_LOSS], abs=1e-4)
         assert (job / "checkpoints" / "last.ckpt").is_file() and len(list((job / "checkpoints").glob("*.ckpt"))) == 2
         last = {
             run: torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
@@ -80,13 +97,13 @@ def test_every_fused_job_equals_its_lone_run(fused, tiny_cfg, tmp_path):
 def test_eval_of_a_fused_checkpoint_gives_its_jobs_test_accuracy(fused, compose_cfg, fake_archives, tmp_path):
     sweep_dir, common, _ = fused
     for job in ("0", "31"):  # a scratch job and a concise one
-        metrics = m.read_metrics(sweep_dir / job)
+        metrics = read_metrics(sweep_dir / job)
         data = [o for o in common if o.startswith("data.")]
         cfg = compose_cfg([f"ckpt_path={metrics['test_ckpt']}", f"paths.output_dir={tmp_path / job}", *data], "eval")
         evaluated = evaluate(cfg)
         assert evaluated["impl"] == metrics["impl"]
-        assert evaluated[m.TEST_ACC] == pytest.approx(metrics[m.TEST_ACC], abs=1e-6)
-        assert evaluated[m.TEST_LOSS] == pytest.approx(metrics[m.TEST_LOSS], abs=1e-5)
+        assert evaluated[TEST_ACC] == pytest.approx(metrics[TEST_ACC], abs=1e-6)
+        assert evaluated[TEST_LOSS] == pytest.approx(metrics[TEST_LOSS], abs=1e-5)
 
 
 def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
@@ -100,12 +117,12 @@ def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
     assert "the loss diverged" in " ".join(result.stderr.split())
     for job in ("0", "1"):  # lr 1e30
         assert (sweep / job / ERROR_FILE).read_text().startswith("Training stopped: the loss diverged")
-        assert not (sweep / job / m.METRICS_FILE).exists()
+        assert not (sweep / job / METRICS_FILE).exists()
         # its loggers are finalized, as a lone run's are when it fails: what it logged before it diverged is written
         with open(sweep / job / "csv" / "metrics.csv") as f:
             assert [(row["step"], float(row["lr-SGD"])) for row in csv.DictReader(f)] == [("0", pytest.approx(1e30))]
     for job in ("2", "3"):
-        assert m.read_metrics(sweep / job)[m.TEST_ACC] > 0.5
+        assert read_metrics(sweep / job)[TEST_ACC] > 0.5
         assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 14
         with open(sweep / job / "csv" / "metrics.csv") as f:
             assert {row["epoch"] for row in csv.DictReader(f)} == {"0", "1", ""}  # "": the lr and test rows
@@ -128,12 +145,12 @@ def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_c
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     train(tiny_cfg("callbacks=inspection", "optim.lr=0.1", "seed=2", f"paths.output_dir={tmp_path / 'alone'}"))
     together, alone = logged(sweep / "3"), logged(tmp_path / "alone")
-    timed = (m.TRAIN_EPOCH_TIME, m.TRAIN_THROUGHPUT, "epoch")  # clocks, and the epoch Lightning adds to each write
+    timed = (TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT, "epoch")  # clocks, and the epoch Lightning adds to each write
     assert together.keys() == alone.keys() and "train/loss_step" in alone and "lr-SGD" in alone
     for tag in alone.keys() - set(timed):
         assert [s for s, _ in together[tag]] == [s for s, _ in alone[tag]], tag
         assert [v for _, v in together[tag]] == pytest.approx([v for _, v in alone[tag]], abs=1e-4), tag
-    for name in (m.SAMPLES, m.WEIGHTS, m.CURVES, m.CONFUSION, m.PREDICTIONS):
+    for name in (SAMPLES, WEIGHTS, CURVES, CONFUSION, PREDICTIONS):
         pixels = [np.asarray(Image.open(d / "figures" / f"{name}.png")) for d in (sweep / "3", tmp_path / "alone")]
         assert pixels[0].shape == pixels[1].shape and np.abs(pixels[0].astype(int) - pixels[1]).max() <= 2, name
 
@@ -152,8 +169,8 @@ def test_optuna_batches_train_fused_and_the_study_gets_each_jobs_value(fake_arch
     study = optuna.load_study(study_name="fused", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     for trial in study.trials:
-        metrics = m.read_metrics(sweep / str(trial.number))
-        assert trial.value == pytest.approx(metrics[m.VAL_ACC_BEST])
+        metrics = read_metrics(sweep / str(trial.number))
+        assert trial.value == pytest.approx(metrics[VAL_ACC_BEST])
         assert metrics["hparams"]["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
 
 
@@ -166,7 +183,7 @@ def test_jobs_that_cannot_fuse_run_alone_and_say_why(fake_archives, tmp_path):
     assert "Job 1 runs alone: the optimizer torch.optim.Adam is not SGD" in output
     assert "Training 1 job as one fused group: 0" in output
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-    assert [m.read_metrics(sweep / job)[m.TEST_ACC] > 0.5 for job in ("0", "1")] == [True, True]
+    assert [read_metrics(sweep / job)[TEST_ACC] > 0.5 for job in ("0", "1")] == [True, True]
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -182,9 +199,9 @@ def test_a_fused_sweep_on_a_gpu_ends_where_it_ends_on_the_cpu(fake_archives, tmp
         assert result.returncode == 0, result.stderr[-3000:]
         (sweeps[accelerator],) = (logs / "train" / "multiruns").iterdir()
     for job in ("0", "1", "2", "3"):
-        cpu, gpu = (m.read_metrics(sweeps[a] / job) for a in ("cpu", "gpu"))
-        assert gpu[m.TEST_ACC] == pytest.approx(cpu[m.TEST_ACC], abs=0.002)
-        assert gpu[m.TEST_LOSS] == pytest.approx(cpu[m.TEST_LOSS], abs=1e-4)
+        cpu, gpu = (read_metrics(sweeps[a] / job) for a in ("cpu", "gpu"))
+        assert gpu[TEST_ACC] == pytest.approx(cpu[TEST_ACC], abs=0.002)
+        assert gpu[TEST_LOSS] == pytest.approx(cpu[TEST_LOSS], abs=1e-4)
         state = torch.load(sweeps["gpu"] / job / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
         assert all(t.device.type == "cpu" for t in state["state_dict"].values())
 
@@ -197,8 +214,8 @@ def test_members_with_their_own_shuffle_seed_see_their_lone_runs_batches(fake_ar
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     for job, shuffle_seed in (("0", 4), ("1", 3)):
         alone = train(tiny_cfg("seed=1", f"data.shuffle_seed={shuffle_seed}", f"paths.output_dir={tmp_path / job}"))
-        for row_t, row_a in zip(m.read_metrics(sweep / job)["history"], alone["history"], strict=True):
-            assert row_t[m.TRAIN_LOSS] == pytest.approx(row_a[m.TRAIN_LOSS], abs=1e-4)
+        for row_t, row_a in zip(read_metrics(sweep / job)["history"], alone["history"], strict=True):
+            assert row_t[TRAIN_LOSS] == pytest.approx(row_a[TRAIN_LOSS], abs=1e-4)
 
 
 def test_a_diverged_member_is_named_at_its_first_bad_batch_when_losses_are_read_in_batches(tiny_cfg):

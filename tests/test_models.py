@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from fashion_mnist_softmax.callbacks import EpochSummary
-from fashion_mnist_softmax.concise import ConciseSoftmaxRegression
-from fashion_mnist_softmax.scratch import SGD, ScratchSoftmaxRegression, accuracy, cross_entropy, sgd, softmax
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.models.concise import ConciseSoftmaxRegression
+from fashion_mnist_softmax.models.scratch import SGD, ScratchSoftmaxRegression, accuracy, cross_entropy, sgd, softmax
+from fashion_mnist_softmax.run.history import EpochSummary
+from fashion_mnist_softmax.run.training import train
 
 SGD_CONFIG = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
-SCRATCH_SGD = {**SGD_CONFIG, "_target_": "fashion_mnist_softmax.scratch.SGD"}
+SCRATCH_SGD = {**SGD_CONFIG, "_target_": "fashion_mnist_softmax.models.scratch.SGD"}
 
 
 def test_softmax_and_cross_entropy_match_torch():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.run.training import train
 
 from conftest import needs_real_data
 

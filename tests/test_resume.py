@@ -22,8 +22,19 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.run.metrics import (
+    EPOCH_TIME,
+    METRICS_FILE,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_ACC_BEST,
+    VAL_LOSS,
+    read_metrics,
+)
+from fashion_mnist_softmax.run.training import train
 
 from conftest import ROOT, run_script, tiny_overrides
 
@@ -89,8 +100,8 @@ def resume(archives: Path, root: Path, name: str) -> None:
 
 def comparable(metrics: dict) -> dict:
     """A run's results without wall-clock times and paths."""
-    history = [{k: v for k, v in row.items() if k != m.EPOCH_TIME} for row in metrics["history"]]
-    return {"history": history, **{k: metrics[k] for k in (m.TEST_ACC, m.TEST_LOSS, m.VAL_ACC_BEST)}}
+    history = [{k: v for k, v in row.items() if k != EPOCH_TIME} for row in metrics["history"]]
+    return {"history": history, **{k: metrics[k] for k in (TEST_ACC, TEST_LOSS, VAL_ACC_BEST)}}
 
 
 def final_state(run: Path) -> tuple[dict[str, torch.Tensor], int]:
@@ -113,7 +124,7 @@ def runs(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         stopped = dict(zip(signals, pool.map(stop, signals), strict=True))
     for name in ("a", "b"):
         assert finish(procs[name], root / f"{name}.log")[0] == 0
-    assert stopped["killed"][0] == -signal.SIGKILL and not (root / "killed" / m.METRICS_FILE).exists()
+    assert stopped["killed"][0] == -signal.SIGKILL and not (root / "killed" / METRICS_FILE).exists()
     assert (
         torch.load(root / "killed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH
     )
@@ -125,24 +136,24 @@ def runs(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         assert list((root / name / "checkpoints").glob("epoch000-*.ckpt")), "the best checkpoint of epoch 1 is gone"
         events = EventAccumulator(str(root / name / "tensorboard"))
         events.Reload()
-        assert len(events.Scalars(m.VAL_ACC)) == 1, "epoch 1 reached the event file"
+        assert len(events.Scalars(VAL_ACC)) == 1, "epoch 1 reached the event file"
     with ThreadPoolExecutor(len(signals)) as pool:
         list(pool.map(lambda name: resume(fake_archives, root, name), signals))
     return {name: root / name for name in ("a", "b", *signals)}
 
 
 def test_two_identical_runs_give_identical_histories(runs):
-    a, b = m.read_metrics(runs["a"]), m.read_metrics(runs["b"])
+    a, b = read_metrics(runs["a"]), read_metrics(runs["b"])
     assert [row["epoch"] for row in a["history"]] == list(range(1, EPOCHS + 1))
     assert comparable(a) == comparable(b)
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(runs):
-    a, resumed = comparable(m.read_metrics(runs["a"])), comparable(m.read_metrics(runs["killed"]))
+    a, resumed = comparable(read_metrics(runs["a"])), comparable(read_metrics(runs["killed"]))
     assert [row["epoch"] for row in resumed["history"]] == list(range(1, EPOCHS + 1))
     for row_a, row_r in zip(a["history"], resumed["history"], strict=True):
         assert row_r == pytest.approx(row_a, abs=1e-6)
-    for key in (m.TEST_ACC, m.TEST_LOSS, m.VAL_ACC_BEST):
+    for key in (TEST_ACC, TEST_LOSS, VAL_ACC_BEST):
         assert resumed[key] == pytest.approx(a[key], abs=1e-6)
 
 
@@ -154,16 +165,16 @@ def test_a_signal_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(ru
     for key, value in reference.items():  # the same steps on the same batches, in the same order
         assert torch.equal(weights[key], value), key
 
-    a, resumed = m.read_metrics(runs["a"]), m.read_metrics(runs[name])
+    a, resumed = read_metrics(runs["a"]), read_metrics(runs[name])
     assert [row["epoch"] for row in resumed["history"]] == list(range(1, EPOCHS + 1))
     for row_a, row_r in zip(a["history"], resumed["history"], strict=True):
-        assert all(math.isfinite(row_r[k]) for k in (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC))
-        assert 0 < row_r[m.EPOCH_TIME] < 60
+        assert all(math.isfinite(row_r[k]) for k in (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC))
+        assert 0 < row_r[EPOCH_TIME] < 60
         # epoch 2's training metrics cover the batches after the resume; everything else is the same
-        same = (m.VAL_LOSS, m.VAL_ACC) if row_r["epoch"] == 2 else (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC)
+        same = (VAL_LOSS, VAL_ACC) if row_r["epoch"] == 2 else (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)
         for key in same:
             assert row_r[key] == pytest.approx(row_a[key], abs=1e-6), (row_r["epoch"], key)
-    assert resumed[m.TEST_ACC] == pytest.approx(a[m.TEST_ACC], abs=1e-6)
+    assert resumed[TEST_ACC] == pytest.approx(a[TEST_ACC], abs=1e-6)
 
 
 def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whole(fake_archives, tiny_cfg, tmp_path):
@@ -184,7 +195,7 @@ def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whol
     assert torch.load(last, weights_only=True)["global_step"] == 2 * 14
     assert [row["epoch"] for row in history] == [1, 2]
     for row in history:  # epoch 1 kept its validation and its row
-        assert all(math.isfinite(row[k]) for k in (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC)), row
+        assert all(math.isfinite(row[k]) for k in (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)), row
 
 
 def test_last_ckpt_ends_every_epoch_when_validation_runs_every_other_one(tiny_cfg, tmp_path):
@@ -194,5 +205,5 @@ def test_last_ckpt_ends_every_epoch_when_validation_runs_every_other_one(tiny_cf
     history = last["callbacks"]["EpochSummary"]["history"]
     assert last["epoch"] == 2 and [row["epoch"] for row in history] == [1, 2, 3]
     # a validation's metrics stay in Lightning's callback_metrics until the next one: epoch 3 must not show epoch 2's
-    assert [m.VAL_ACC in row for row in history] == [False, True, False]
-    assert math.isnan(m.read_metrics(tmp_path / "run")["history"][0].get(m.VAL_ACC, math.nan))
+    assert [VAL_ACC in row for row in history] == [False, True, False]
+    assert math.isnan(read_metrics(tmp_path / "run")["history"][0].get(VAL_ACC, math.nan))

@@ -13,10 +13,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 from sweep_runs import job_dirs, run_multirun
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.errors import ERROR_FILE
-from fashion_mnist_softmax.sweeps import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, read_jobs, write_summary
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.run.failures import ERROR_FILE
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.run.training import train
+from fashion_mnist_softmax.sweeps.summary import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, read_jobs, write_summary
 
 from conftest import ROOT
 
@@ -33,8 +33,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def _fake_job(sweep: Path, num: int, overrides: list[str], val: float, test: float) -> None:
     (sweep / str(num) / ".hydra").mkdir(parents=True)
     (sweep / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    metrics = {m.VAL_ACC_BEST: val, m.TEST_ACC: test, m.TEST_LOSS: 1 - test}
-    (sweep / str(num) / m.METRICS_FILE).write_text(json.dumps(metrics))
+    metrics = {VAL_ACC_BEST: val, TEST_ACC: test, TEST_LOSS: 1 - test}
+    (sweep / str(num) / METRICS_FILE).write_text(json.dumps(metrics))
 
 
 def test_summary_sorts_jobs_and_aggregates_seeds(tmp_path: Path) -> None:
@@ -52,14 +52,14 @@ def test_summary_sorts_jobs_and_aggregates_seeds(tmp_path: Path) -> None:
 
     rows = _read_csv(tmp_path / SUMMARY_CSV)
     assert [r["job"] for r in rows] == ["2", "3", "1", "0", "4", "5"]
-    assert list(rows[0]) == ["job", "optim.lr", "seed", "status", m.VAL_ACC_BEST, m.TEST_ACC, m.TEST_LOSS, "reason"]
+    assert list(rows[0]) == ["job", "optim.lr", "seed", "status", VAL_ACC_BEST, TEST_ACC, TEST_LOSS, "reason"]
     assert [r["status"] for r in rows] == ["ok"] * 4 + ["failed"] * 2
     assert rows[-1]["reason"] == "Training stopped: the loss diverged." and "killed" in rows[-2]["reason"]
-    assert rows[-1][m.VAL_ACC_BEST] == ""
+    assert rows[-1][VAL_ACC_BEST] == ""
     seeds = _read_csv(tmp_path / SEEDS_CSV)
     assert [(r["optim.lr"], r["seeds"]) for r in seeds] == [("0.3", "2"), ("0.1", "2")]
-    assert float(seeds[0][f"{m.TEST_ACC} mean"]) == pytest.approx(statistics.fmean([0.84, 0.81]))
-    assert float(seeds[0][f"{m.TEST_ACC} std"]) == pytest.approx(statistics.stdev([0.84, 0.81]))
+    assert float(seeds[0][f"{TEST_ACC} mean"]) == pytest.approx(statistics.fmean([0.84, 0.81]))
+    assert float(seeds[0][f"{TEST_ACC} std"]) == pytest.approx(statistics.stdev([0.84, 0.81]))
     md = (tmp_path / SUMMARY_MD).read_text()
     assert "`impl=scratch`" in md and "0.8250 ± 0.0212" in md and "failed" in md
 
@@ -83,7 +83,7 @@ def test_seed_means_leave_out_what_no_validation_measured(tmp_path: Path) -> Non
         _fake_job(tmp_path, num, ["test_ckpt=last", f"seed={seed}"], None, 0.80 + num / 100)
     write_summary(tmp_path, final=True)
     (row,) = _read_csv(tmp_path / SEEDS_CSV)
-    assert row[f"{m.VAL_ACC_BEST} mean"] == "" and float(row[f"{m.TEST_ACC} mean"]) == pytest.approx(0.805)
+    assert row[f"{VAL_ACC_BEST} mean"] == "" and float(row[f"{TEST_ACC} mean"]) == pytest.approx(0.805)
     assert "0.8050 ± 0.0071" in (tmp_path / SUMMARY_MD).read_text()
 
 
@@ -97,9 +97,9 @@ def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> 
     study = optuna.load_study(study_name="resume", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     jobs = job_dirs(first) + job_dirs(second)
-    assert [t.value for t in study.trials] == [pytest.approx(m.read_metrics(j)[m.VAL_ACC_BEST]) for j in jobs]
+    assert [t.value for t in study.trials] == [pytest.approx(read_metrics(j)[VAL_ACC_BEST]) for j in jobs]
     for trial, job in zip(study.trials, jobs, strict=True):
-        assert m.read_metrics(job)["hparams"]["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
+        assert read_metrics(job)["hparams"]["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
     lrs = [t.params["optim.lr"] for t in study.trials]
     assert len(set(lrs)) == 2, "the resumed study drew a new trial, not the first one again"
     assert [r["trial"] for r in _read_csv(second / SUMMARY_CSV)] == ["1"]
@@ -122,4 +122,4 @@ def test_tuned_experiment_is_a_linear_model_that_learns(tiny_cfg, impl: str) -> 
     assert cfg.scheduler is not None and cfg.data.normalize
     metrics = train(cfg)
     assert metrics["impl"] == impl
-    assert metrics[m.TEST_ACC] > 0.8
+    assert metrics[TEST_ACC] > 0.8

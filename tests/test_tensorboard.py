@@ -19,15 +19,35 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fashion_mnist_softmax import metrics as m
+from fashion_mnist_softmax.run.metrics import (
+    CONFUSION,
+    CURVES,
+    HP_TEST_ACC,
+    HP_TEST_LOSS,
+    HP_VAL_ACC_BEST,
+    PREDICTIONS,
+    SAMPLES,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_EPOCH_TIME,
+    TRAIN_LOSS,
+    TRAIN_LOSS_STEP,
+    TRAIN_THROUGHPUT,
+    VAL_ACC,
+    VAL_ACC_BEST,
+    VAL_LOSS,
+    WEIGHTS,
+    read_metrics,
+)
 
 from conftest import run_script, tiny_overrides
 
 LRS = (0.1, 0.3)
-FIGURES = (m.SAMPLES, m.PREDICTIONS, m.WEIGHTS, m.CONFUSION, m.CURVES)
-SCALARS = (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_LOSS, m.VAL_ACC, m.VAL_ACC_BEST, m.TEST_ACC, m.TEST_LOSS)
-SCALARS += (m.TRAIN_LOSS_STEP, m.TRAIN_EPOCH_TIME, m.TRAIN_THROUGHPUT, "lr-SGD")
-HP_METRICS = (m.HP_VAL_ACC_BEST, m.HP_TEST_ACC, m.HP_TEST_LOSS)
+FIGURES = (SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES)
+SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_ACC_BEST, TEST_ACC, TEST_LOSS)
+SCALARS += (TRAIN_LOSS_STEP, TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT, "lr-SGD")
+HP_METRICS = (HP_VAL_ACC_BEST, HP_TEST_ACC, HP_TEST_LOSS)
 HPARAMS = ("impl", "lr", "weight_decay", "momentum", "batch_size", "epochs", "normalize", "seed", "schedule")
 
 
@@ -59,17 +79,17 @@ def test_each_job_has_its_own_scalars(multirun):
     for job in ("0", "1"):
         run = events(multirun / job)
         assert set(SCALARS) <= set(run.Tags()["scalars"])
-        assert len(run.Scalars(m.TRAIN_LOSS_STEP)) == 14  # 14 steps an epoch, every 2nd logged
-        assert [e.step for e in run.Scalars(m.TRAIN_ACC)] == [e.step for e in run.Scalars(m.TRAIN_EPOCH_TIME)]
-        assert all(e.value > 0 for e in run.Scalars(m.TRAIN_THROUGHPUT))
-        assert run.Scalars(m.TEST_ACC)[-1].value == pytest.approx(m.read_metrics(multirun / job)[m.TEST_ACC])
+        assert len(run.Scalars(TRAIN_LOSS_STEP)) == 14  # 14 steps an epoch, every 2nd logged
+        assert [e.step for e in run.Scalars(TRAIN_ACC)] == [e.step for e in run.Scalars(TRAIN_EPOCH_TIME)]
+        assert all(e.value > 0 for e in run.Scalars(TRAIN_THROUGHPUT))
+        assert run.Scalars(TEST_ACC)[-1].value == pytest.approx(read_metrics(multirun / job)[TEST_ACC])
     assert events(multirun / "1").Scalars("lr-SGD")[0].value == pytest.approx(LRS[1])
 
 
 def test_figures_are_logged_and_saved_as_pngs(multirun):
     run = events(multirun / "0")
     assert set(FIGURES) <= set(run.Tags()["images"])
-    assert [e.step for e in run.Images(m.WEIGHTS)] == [1, 2]  # the slider shows the templates per epoch
+    assert [e.step for e in run.Images(WEIGHTS)] == [1, 2]  # the slider shows the templates per epoch
     for name in FIGURES:
         png = Image.open(multirun / "0" / "figures" / f"{name}.png")
         logged = run.Images(name)[-1]
@@ -89,9 +109,9 @@ def test_hparams_hold_the_hyperparameters_and_final_metrics(multirun):
         assert hparams["lr"].number_value == pytest.approx(lr)
         assert hparams["impl"].string_value == "scratch"
         assert hparams["schedule"].string_value == "constant"
-        saved = m.read_metrics(multirun / job)
-        assert run.Scalars(m.HP_TEST_ACC)[-1].value == pytest.approx(saved[m.TEST_ACC])
-        assert run.Scalars(m.HP_VAL_ACC_BEST)[-1].value == pytest.approx(saved[m.VAL_ACC_BEST])
+        saved = read_metrics(multirun / job)
+        assert run.Scalars(HP_TEST_ACC)[-1].value == pytest.approx(saved[TEST_ACC])
+        assert run.Scalars(HP_VAL_ACC_BEST)[-1].value == pytest.approx(saved[VAL_ACC_BEST])
 
 
 def free_port() -> int:
@@ -127,7 +147,7 @@ def test_a_real_tensorboard_server_lists_one_run_per_job(multirun):
             assert time.monotonic() < deadline, "tensorboard did not serve both runs within 60 s"
             time.sleep(0.5)
         assert set(tags) == {"0/tensorboard", "1/tensorboard"}
-        assert all({m.TEST_ACC, m.TRAIN_LOSS_STEP} <= set(run_tags) for run_tags in tags.values())
+        assert all({TEST_ACC, TRAIN_LOSS_STEP} <= set(run_tags) for run_tags in tags.values())
 
         request = urllib.parse.quote(json.dumps({"experimentName": ""}))
         experiment = get_json(f"{base}/hparams/experiment?request={request}")

@@ -1,9 +1,25 @@
-"""A quiet console: the exact third-party messages a run prints to no one's benefit, matched by their text."""
+"""The console: a mistake as one paragraph, and silence for the third-party messages that help no one."""
 
 from __future__ import annotations
 
 import logging
+import sys
+import textwrap
 import warnings
+
+from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError
+
+
+def paragraph(message: str) -> str:
+    """The message wrapped as one paragraph, paths kept whole so that they can be copied."""
+    return textwrap.fill(message, width=100, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+
+
+def refuse(error: UserError) -> None:
+    """End this process with the error's paragraph on stderr and ``EXIT_USER_ERROR``."""
+    print("\nError: " + paragraph(error.message), file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
 
 # Lightning's info lines: an advertisement, notices about its own defaults, and what the run says itself
 LIGHTNING_INFO = (

@@ -67,8 +67,10 @@ class FusedLauncher(Launcher):
         return _Job(config, ret, resolved[0])
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from fashion_mnist_softmax.errors import ERROR_FILE, JobFailed, paragraph
-        from fashion_mnist_softmax.fused_jobs import group_key, train_group, why_not_fused  # torch and Lightning
+        from fashion_mnist_softmax.console import paragraph
+        from fashion_mnist_softmax.errors import JobFailed
+        from fashion_mnist_softmax.fused.jobs import group_key, train_group, why_not_fused  # torch and Lightning
+        from fashion_mnist_softmax.run.failures import ERROR_FILE
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -14,8 +14,8 @@ from typing import Any
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 from fashion_mnist_softmax.errors import JobFailed
-from fashion_mnist_softmax.metrics import METRICS_FILE
-from fashion_mnist_softmax.sweeps import SUMMARY_MD, end_sweep, write_summary
+from fashion_mnist_softmax.run.metrics import METRICS_FILE
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, end_sweep, write_summary
 
 
 class ContainedOptunaSweeper(OptunaSweeper):

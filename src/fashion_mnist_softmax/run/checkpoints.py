@@ -11,24 +11,30 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import get_class
 
-from fashion_mnist_softmax.config import existing_checkpoint
 from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.models import MODEL_CLASS, MODELS, MOVED
 
-MODEL_CLASS = "model_class"  # the key of the model's class, by import path
-MODELS = {  # the only classes a checkpoint may name, by import path, with what impl= calls them
-    "fashion_mnist_softmax.scratch.ScratchSoftmaxRegression": "scratch",
-    "fashion_mnist_softmax.concise.ConciseSoftmaxRegression": "concise",
-}
 DATA_STATE = "FashionMNISTDataModule"  # Lightning saves a DataModule's state under its class name
 # what Lightning reads to resume a run, besides the weights: a fused job's checkpoint holds the weights only
 RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks")
 
 
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path``, a file that exists; checked before torch is imported to read it."""
+    if not Path(path).is_file():
+        raise UserError(
+            f"No checkpoint at {path}: the file does not exist. Give ckpt_path=<run dir>/checkpoints/last.ckpt "
+            f"or another .ckpt file in a run's checkpoints/ folder."
+        )
+    return Path(path)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint of this project with ``weights_only=True``; one clear error for anything else."""
+    import torch  # here, not at the top: the config's checks look for a checkpoint file before torch is loaded
+
     path = existing_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -50,7 +56,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_class(ckpt: dict[str, Any], path: str | Path) -> str:
     """The import path of the project's model class that a checkpoint names; anything else is refused."""
-    name = ckpt[MODEL_CLASS]
+    name = MOVED.get(ckpt[MODEL_CLASS], ckpt[MODEL_CLASS])
     if name not in MODELS:
         raise UserError(
             f"The checkpoint {path} names the model class {name!r}, which is not one of this project's models "

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fashion_mnist_softmax.classifier import Classifier
+from fashion_mnist_softmax.models.classifier import Classifier
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:

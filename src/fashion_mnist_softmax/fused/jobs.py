@@ -1,6 +1,6 @@
 """The jobs of a fused sweep: which jobs can train together, and each job's outputs, as if it had run alone.
 
-:func:`train_group` trains one group's jobs as a :class:`~fashion_mnist_softmax.fused.FusedSoftmaxRegression`
+:func:`train_group` trains one group's jobs as a :class:`~fashion_mnist_softmax.fused.population.FusedSoftmaxRegression`
 and writes into each job's dir what ``train.py`` writes for a lone run: the epoch history and ``metrics.json``,
 checkpoints of the job's own impl (eval.py and predict.py load them), its logger's scalars at the steps a lone
 run logs them, its figures and its HParams. What is the same for every job (the samples figure, the layout of
@@ -26,17 +26,41 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fashion_mnist_softmax import console, figures
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checkpoints import DATA_STATE, MODEL_CLASS, MODELS
-from fashion_mnist_softmax.classifier import Classifier
-from fashion_mnist_softmax.config import check_train_config
+from fashion_mnist_softmax import console
+from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.fused import FusedDataModule, FusedSoftmaxRegression
+from fashion_mnist_softmax.files import write_json_atomic
+from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
+from fashion_mnist_softmax.models import MODEL_CLASS, MODELS
+from fashion_mnist_softmax.models.classifier import Classifier
+from fashion_mnist_softmax.run import figures
+from fashion_mnist_softmax.run.checkpoints import DATA_STATE
+from fashion_mnist_softmax.run.metrics import (
+    CONFUSION,
+    CURVES,
+    EPOCH_TIME,
+    HP_TEST_ACC,
+    HP_TEST_LOSS,
+    HP_VAL_ACC_BEST,
+    METRICS_FILE,
+    PREDICTIONS,
+    SAMPLES,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_EPOCH_TIME,
+    TRAIN_LOSS,
+    TRAIN_LOSS_STEP,
+    TRAIN_THROUGHPUT,
+    VAL_ACC,
+    VAL_ACC_BEST,
+    VAL_LOSS,
+    WEIGHTS,
+)
 
 # what the members of one group may differ in; every other key of their configs must be equal
 MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "data.shuffle_seed", "impl", "paths")
-SGDS = ("torch.optim.SGD", "fashion_mnist_softmax.scratch.SGD")
+SGDS = ("torch.optim.SGD", "fashion_mnist_softmax.models.scratch.SGD")
 FUSED_SGD_KEYS = ("_target_", "lr", "momentum", "weight_decay")  # the options the fused SGD applies per member
 # torch.optim.SGD's other options at their defaults, which take the fused SGD's steps; any other value does not
 SGD_DEFAULTS = {
@@ -47,7 +71,7 @@ SGD_DEFAULTS = {
     "differentiable": False,
     "fused": None,
 }
-DATA_MODULE = "fashion_mnist_softmax.data.FashionMNISTDataModule"
+DATA_MODULE = "fashion_mnist_softmax.data.datamodule.FashionMNISTDataModule"
 HPARAM_KEYS = ("lr", "weight_decay", "momentum", "seed")  # callbacks.hparams.hparams that follow the member keys
 # schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
 SCALING_SCHEDULERS = tuple(
@@ -198,7 +222,7 @@ class FusedJobs(L.Callback):
             wanted = min(self.drawn[0].figures.get("num_samples", 10), len(dataset))
             image = figures.render(figures.samples_figure(*dataset[torch.arange(wanted)]))
             for member in self.drawn:
-                member.publish(m.SAMPLES, image)
+                member.publish(SAMPLES, image)
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         self._start, self._time, self._images = time.perf_counter(), None, 0
@@ -225,11 +249,11 @@ class FusedJobs(L.Callback):
             k = member.k
             row = {
                 "epoch": epoch,
-                m.TRAIN_LOSS: train_loss[k],
-                m.TRAIN_ACC: train_acc[k],
-                m.VAL_LOSS: val_loss[k],
-                m.VAL_ACC: val_acc[k],
-                m.EPOCH_TIME: seconds,
+                TRAIN_LOSS: train_loss[k],
+                TRAIN_ACC: train_acc[k],
+                VAL_LOSS: val_loss[k],
+                VAL_ACC: val_acc[k],
+                EPOCH_TIME: seconds,
             }
             member.history.append(row)
             weights = member.weights(module)
@@ -243,20 +267,20 @@ class FusedJobs(L.Callback):
                 member.dir / "checkpoints" / "last.ckpt", weights, member.best, self.data_state, epoch - 1, step
             )
             for s, losses in steps:
-                member.log({m.TRAIN_LOSS_STEP: float(losses[k]), "epoch": epoch - 1}, s)
+                member.log({TRAIN_LOSS_STEP: float(losses[k]), "epoch": epoch - 1}, s)
             member.log(
-                {key: value for key, value in row.items() if key not in ("epoch", m.EPOCH_TIME)}
+                {key: value for key, value in row.items() if key not in ("epoch", EPOCH_TIME)}
                 | {
-                    m.VAL_ACC_BEST: member.best,
-                    m.TRAIN_EPOCH_TIME: seconds,
-                    m.TRAIN_THROUGHPUT: self._images / seconds,
+                    VAL_ACC_BEST: member.best,
+                    TRAIN_EPOCH_TIME: seconds,
+                    TRAIN_THROUGHPUT: self._images / seconds,
                     "epoch": epoch - 1,
                 },
                 step - 1,
             )
         for member in self._alive(module, self.drawn):
             self._weights = figures.weights_figure(module.W.detach()[:, member.k].T, fig=self._weights)
-            member.publish(m.WEIGHTS, figures.render(self._weights), step=epoch)
+            member.publish(WEIGHTS, figures.render(self._weights), step=epoch)
         alive = self._alive(module)
         if alive:
             losses, accs = [train_loss[mb.k] for mb in alive], [val_acc[mb.k] for mb in alive]
@@ -271,11 +295,9 @@ class FusedJobs(L.Callback):
         for member in self._alive(module, self.drawn):
             if member.history:
                 epochs = [row["epoch"] for row in member.history]
-                curves = {
-                    name: [row[name] for row in member.history] for name in (m.TRAIN_LOSS, m.TRAIN_ACC, m.VAL_ACC)
-                }
+                curves = {name: [row[name] for row in member.history] for name in (TRAIN_LOSS, TRAIN_ACC, VAL_ACC)}
                 curves_fig = figures.curves_figure(epochs, curves, fig=curves_fig)
-                member.publish(m.CURVES, figures.render(curves_fig), step=epochs[-1])
+                member.publish(CURVES, figures.render(curves_fig), step=epochs[-1])
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         self._confusion = torch.zeros(len(self.members) * 100, dtype=torch.long, device=module.device)
@@ -304,9 +326,9 @@ class FusedJobs(L.Callback):
         confusion_fig = predictions_fig = None  # drawn for the first member, redrawn in place for the others
         for member in self._alive(module, self.drawn):
             confusion_fig = figures.confusion_figure(confusion[member.k], fig=confusion_fig)
-            member.publish(m.CONFUSION, figures.render(confusion_fig), trainer.global_step)
+            member.publish(CONFUSION, figures.render(confusion_fig), trainer.global_step)
             predictions_fig = figures.predictions_figure(images, labels, predicted[:, member.k], fig=predictions_fig)
-            member.publish(m.PREDICTIONS, figures.render(predictions_fig), trainer.global_step)
+            member.publish(PREDICTIONS, figures.render(predictions_fig), trainer.global_step)
 
 
 def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
@@ -317,7 +339,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     valid = []
     for i, cfg in enumerate(cfgs):
         try:
-            check_train_config(OmegaConf.create(cfg))
+            check_config(OmegaConf.create(cfg), "train")
             valid.append(i)
         except UserError as e:
             results[i] = e
@@ -377,23 +399,23 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
         metrics = {
             "impl": member.model.name,
             "seed": member.cfg["seed"],
-            m.TEST_ACC: test_acc[member.k],
-            m.TEST_LOSS: test_loss[member.k],
-            m.VAL_ACC_BEST: member.best,
+            TEST_ACC: test_acc[member.k],
+            TEST_LOSS: test_loss[member.k],
+            VAL_ACC_BEST: member.best,
             "test_ckpt": str(tested),
             "hparams": member.cfg,
             "history": member.history,
         }
-        member.log({m.TEST_ACC: test_acc[member.k], m.TEST_LOSS: test_loss[member.k]}, trainer.global_step)
+        member.log({TEST_ACC: test_acc[member.k], TEST_LOSS: test_loss[member.k]}, trainer.global_step)
         for logger in member.loggers:
             if member.hparams is not None and isinstance(logger, TensorBoardLogger):  # as the HParams callback does
                 final = {
-                    m.HP_TEST_ACC: test_acc[member.k],
-                    m.HP_TEST_LOSS: test_loss[member.k],
-                    m.HP_VAL_ACC_BEST: member.best,
+                    HP_TEST_ACC: test_acc[member.k],
+                    HP_TEST_LOSS: test_loss[member.k],
+                    HP_VAL_ACC_BEST: member.best,
                 }
                 logger.log_hyperparams({"impl": member.model.name, **member.hparams}, final, step=trainer.global_step)
             logger.finalize("success")
-        m.write_json_atomic(member.dir / m.METRICS_FILE, metrics)
+        write_json_atomic(member.dir / METRICS_FILE, metrics)
         results[i] = member.best
     return results

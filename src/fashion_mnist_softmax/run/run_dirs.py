@@ -16,8 +16,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from fashion_mnist_softmax.config import CHECKS, multi_node_refusal, writable
-from fashion_mnist_softmax.errors import UserError, refuse
+from fashion_mnist_softmax.config.checks import check_config, multi_node_refusal, writable
+from fashion_mnist_softmax.config.schema import APPS
+from fashion_mnist_softmax.console import refuse
+from fashion_mnist_softmax.errors import UserError
 
 
 def claim(wanted: Path) -> Path:
@@ -39,17 +41,8 @@ def _given(config: DictConfig, key: str) -> bool:
 
 def prepare(config: DictConfig, kind: str, app: str | None) -> None:
     """Check ``config`` and give it a dir of its own: ``kind`` is "run" or "sweep"."""
-    if kind == "run" and app in CHECKS:
-        CHECKS[app](config)
-        impl = config.impl._target_ if app == "train" else None
-        tested = config.test_ckpt if impl and config.test_ckpt not in ("best", "last") else None
-        if config.get("ckpt_path") or tested:
-            from fashion_mnist_softmax.checkpoints import check_checkpoint  # torch: only to read a checkpoint
-
-            if config.get("ckpt_path"):
-                check_checkpoint(config.ckpt_path, impl, resume=impl is not None)
-            if tested:
-                check_checkpoint(tested, impl)
+    if kind == "run" and app in APPS:
+        check_config(config, app)
     local = "slurm" not in str(config.hydra.launcher.get("_target_", "")).lower()
     if kind == "sweep" and local and (num_nodes := OmegaConf.select(config, "trainer.num_nodes", default=1) or 1) > 1:
         raise multi_node_refusal(num_nodes)

@@ -18,8 +18,8 @@ import torch
 from hydra.utils import get_class
 from torch.utils.data import DataLoader
 
-from fashion_mnist_softmax.data import EpochBatchSampler, FashionMNISTDataModule
-from fashion_mnist_softmax.scratch import sgd
+from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, FashionMNISTDataModule
+from fashion_mnist_softmax.models.scratch import sgd
 
 
 class StackedSampler:
@@ -62,7 +62,7 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class FusedSGD(torch.optim.Optimizer):
-    """The chapter's :func:`~fashion_mnist_softmax.scratch.sgd`, each member with its own lr, momentum and weight
+    """The chapter's :func:`~fashion_mnist_softmax.models.scratch.sgd`, each member with its own lr, momentum and weight
     decay: tensors that broadcast over the members.
 
     ``lr`` of the param group is a factor, 1 at the start, that a learning-rate scheduler changes for every

@@ -1,4 +1,4 @@
-"""The names of the logged metrics, in one place, and the run's ``metrics.json``."""
+"""Files written whole or not at all: a reader never sees half a file."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ import os
 import uuid
 from pathlib import Path
 from typing import Any
-
-TRAIN_LOSS, TRAIN_ACC = "train/loss", "train/acc"
-VAL_LOSS, VAL_ACC, VAL_ACC_BEST = "val/loss", "val/acc", "val/acc_best"
-TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
-EPOCH_TIME = "time_s"
-TRAIN_LOSS_STEP = "train/loss_step"
-TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT = "train/epoch_time_s", "train/images_per_s"
-HP_VAL_ACC_BEST, HP_TEST_ACC, HP_TEST_LOSS = "hp/val_acc_best", "hp/test_acc", "hp/test_loss"
-# the figures: TensorBoard image tags and PNG names under <run_dir>/figures/
-SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES = "samples", "predictions", "weights", "confusion", "curves"
-METRICS_FILE = "metrics.json"
 
 
 def temp_file_beside(path: Path) -> tuple[int, Path]:
@@ -41,8 +30,3 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """The ``metrics.json`` of a run directory."""
-    return json.loads((Path(run_dir) / METRICS_FILE).read_text())

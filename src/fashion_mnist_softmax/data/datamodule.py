@@ -13,8 +13,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from fashion_mnist_softmax.data.fashion_mnist import DEFAULT_SEARCH_DIRS, ensure_raw_files, load_split
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.fashion_mnist import DEFAULT_SEARCH_DIRS, ensure_raw_files, load_split
 
 
 def standardise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:

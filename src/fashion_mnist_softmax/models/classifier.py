@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.checkpoints import MODEL_CLASS
-from fashion_mnist_softmax.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
+from fashion_mnist_softmax.data.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
+from fashion_mnist_softmax.models import MODEL_CLASS
+from fashion_mnist_softmax.run.metrics import TRAIN_LOSS_STEP, VAL_ACC_BEST
 
 
 class Classifier(L.LightningModule):
@@ -74,7 +74,7 @@ class Classifier(L.LightningModule):
         _, loss = self._step("train", batch, batch_idx)
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:  # the steps whose values Lightning writes out
-            self.log(m.TRAIN_LOSS_STEP, loss)
+            self.log(TRAIN_LOSS_STEP, loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -87,7 +87,7 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_acc.compute())
-        self.log(m.VAL_ACC_BEST, self.val_acc_best.compute())
+        self.log(VAL_ACC_BEST, self.val_acc_best.compute())
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())

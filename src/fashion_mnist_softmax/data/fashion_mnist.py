@@ -14,12 +14,15 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
 
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.metrics import temp_file_beside
+from fashion_mnist_softmax.files import temp_file_beside
+
+if TYPE_CHECKING:  # torch loads with torchvision, once the data is read
+    import torch
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 NUM_CLASSES = len(CLASS_NAMES)

@@ -1,8 +1,8 @@
-"""One DDP rank, started by :mod:`fashion_mnist_softmax.distributed`: ``python -m ...ddp_rank CONFIG_JSON``.
+"""One DDP rank, started by :mod:`fashion_mnist_softmax.run.distributed`: ``python -m ...ddp_rank CONFIG_JSON``.
 
 It trains exactly the job's resolved config (given as JSON), and says so with the config's fingerprint.
 A :class:`UserError` ends the rank with ``EXIT_USER_ERROR``, its message left for the job to report
-(:func:`~fashion_mnist_softmax.distributed.rank_error_file`), or printed here if that file can't be written.
+(:func:`~fashion_mnist_softmax.run.distributed.rank_error_file`), or printed here if that file can't be written.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
-from fashion_mnist_softmax.distributed import config_digest, rank_error_file
-from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError, refuse
-from fashion_mnist_softmax.training import train
+from fashion_mnist_softmax.console import refuse
+from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError
+from fashion_mnist_softmax.run.distributed import config_digest, rank_error_file
+from fashion_mnist_softmax.run.training import train
 
 
 def main(config_json: str) -> None:

@@ -10,12 +10,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_mnist_softmax import console, distributed
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.callbacks import EpochSummary, SaveOnInterrupt, StopOnDivergedLoss
-from fashion_mnist_softmax.checkpoints import check_checkpoint, load_checkpoint
-from fashion_mnist_softmax.config import check_train_config
-from fashion_mnist_softmax.errors import UserError, paragraph
+from fashion_mnist_softmax import console
+from fashion_mnist_softmax.console import paragraph
+from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.files import write_json_atomic
+from fashion_mnist_softmax.run import distributed
+from fashion_mnist_softmax.run.checkpoints import load_checkpoint
+from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
+from fashion_mnist_softmax.run.history import EpochSummary
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC, VAL_ACC_BEST
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -26,18 +29,13 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics."""
     console.quiet()
-    check_train_config(cfg)
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, cfg.impl._target_, resume=True)
-    if cfg.test_ckpt not in ("best", "last"):
-        check_checkpoint(cfg.test_ckpt, cfg.impl._target_)
     run_dir = Path(cfg.paths.output_dir)
     summary = EpochSummary()
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}-val_acc{val/acc:.4f}",
         auto_insert_metric_name=False,
-        monitor=m.VAL_ACC,
+        monitor=VAL_ACC,
         mode="max",
     )
     # Lightning 2.6 refreshes save_last=True only at steps that also saved a top-k file, so last.ckpt gets its own,
@@ -81,22 +79,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise UserError(
                 f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its "
                 f"first validation (trainer.max_steps or trainer.limit_val_batches=0 can do that), so no checkpoint "
-                f"was chosen by {m.VAL_ACC}. Use test_ckpt=last to test the final model."
+                f"was chosen by {VAL_ACC}. Use test_ckpt=last to test the final model."
             )
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)[0]
-    val_accs = [row[m.VAL_ACC] for row in history if m.VAL_ACC in row]
+    val_accs = [row[VAL_ACC] for row in history if VAL_ACC in row]
     metrics = {
         "impl": model.name,
         "seed": cfg.seed,
-        m.TEST_ACC: tested[m.TEST_ACC],
-        m.TEST_LOSS: tested[m.TEST_LOSS],
-        m.VAL_ACC_BEST: max(val_accs) if val_accs else None,
+        TEST_ACC: tested[TEST_ACC],
+        TEST_LOSS: tested[TEST_LOSS],
+        VAL_ACC_BEST: max(val_accs) if val_accs else None,
         "test_ckpt": str(test_ckpt),
         "hparams": OmegaConf.to_container(cfg, resolve=True),
         "history": history,
     }
     if trainer.is_global_zero:
-        m.write_json_atomic(run_dir / m.METRICS_FILE, metrics)
-        print(f"metrics: {run_dir / m.METRICS_FILE}\ncheckpoints: {run_dir / 'checkpoints'}")
+        write_json_atomic(run_dir / METRICS_FILE, metrics)
+        print(f"metrics: {run_dir / METRICS_FILE}\ncheckpoints: {run_dir / 'checkpoints'}")
     return metrics

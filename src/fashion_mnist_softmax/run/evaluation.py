@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fashion_mnist_softmax import console
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.callbacks import Figures
-from fashion_mnist_softmax.checkpoints import load_model
-from fashion_mnist_softmax.config import check_eval_config
-from fashion_mnist_softmax.data import FashionMNISTDataModule
+from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
+from fashion_mnist_softmax.files import write_json_atomic
+from fashion_mnist_softmax.run.checkpoints import load_model
+from fashion_mnist_softmax.run.inspection import Figures
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -23,7 +23,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     The model and its preprocessing come from the checkpoint; ``cfg.data`` only says where the data is.
     """
     console.quiet()
-    check_eval_config(cfg)
     model, data_state = load_model(cfg.ckpt_path)
     datamodule: FashionMNISTDataModule = instantiate(cfg.data)
     datamodule.load_state_dict(data_state)
@@ -39,9 +38,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         "impl": model.name,
         "ckpt_path": str(cfg.ckpt_path),
-        m.TEST_ACC: tested[m.TEST_ACC],
-        m.TEST_LOSS: tested[m.TEST_LOSS],
+        TEST_ACC: tested[TEST_ACC],
+        TEST_LOSS: tested[TEST_LOSS],
     }
     if trainer.is_global_zero:
-        m.write_json_atomic(out_dir / m.METRICS_FILE, metrics)
+        write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics

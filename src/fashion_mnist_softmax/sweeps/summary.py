@@ -22,11 +22,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.errors import ERROR_FILE, JobFailed
+from fashion_mnist_softmax.errors import JobFailed
+from fashion_mnist_softmax.run.failures import ERROR_FILE
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC_BEST, read_metrics
 
 SUMMARY_CSV, SUMMARY_MD, SEEDS_CSV = "summary.csv", "summary.md", "summary_seeds.csv"
-SUMMARY_METRICS = (m.VAL_ACC_BEST, m.TEST_ACC, m.TEST_LOSS)
+SUMMARY_METRICS = (VAL_ACC_BEST, TEST_ACC, TEST_LOSS)
 SEED, STATUS, REASON, TRIAL = "seed", "status", "reason", "trial"
 
 
@@ -56,8 +57,8 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
         # key=value, and a delete override (~key) as key ~key with the value ""
         overrides = dict(o.partition("=")[::2] for o in yaml.safe_load(overrides_file.read_text()) or [])
         found, status, reason = {}, "running", ""
-        if (job_dir / m.METRICS_FILE).is_file():
-            found, status = m.read_metrics(job_dir), "ok"
+        if (job_dir / METRICS_FILE).is_file():
+            found, status = read_metrics(job_dir), "ok"
         elif (job_dir / ERROR_FILE).is_file():
             status, reason = "failed", (job_dir / ERROR_FILE).read_text().split("\n\n")[0].strip()
         elif final:
@@ -86,7 +87,7 @@ def trial_numbers(config: DictConfig, jobs: list[dict[str, Any]]) -> dict[str, i
 
 
 def _best_first(row: dict[str, Any]) -> tuple:
-    value = row[m.VAL_ACC_BEST]
+    value = row[VAL_ACC_BEST]
     return (row[STATUS] != "ok", -value if value is not None else 0.0)
 
 
@@ -118,7 +119,7 @@ def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out_row[f"{metric} mean"] = statistics.fmean(values) if values else None
             out_row[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
         out.append(out_row)
-    return sorted(out, key=lambda row: _best_first(row | {STATUS: "ok", m.VAL_ACC_BEST: row[f"{m.VAL_ACC_BEST} mean"]}))
+    return sorted(out, key=lambda row: _best_first(row | {STATUS: "ok", VAL_ACC_BEST: row[f"{VAL_ACC_BEST} mean"]}))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -162,7 +163,7 @@ def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool
         rows, common = summary_rows(jobs, trial_numbers(config, jobs) if config is not None else None)
         _write_csv(sweep_dir / SUMMARY_CSV, rows)
         ok = sum(row[STATUS] == "ok" for row in rows)
-        md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {ok} ok, best `{m.VAL_ACC_BEST}` first."]
+        md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {ok} ok, best `{VAL_ACC_BEST}` first."]
         if common:
             md += ["", "Common overrides: " + " ".join(f"`{_override(k, v)}`" for k, v in common.items())]
         md += ["", *_markdown_table(rows)]

@@ -15,7 +15,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fashion_mnist_softmax.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
+from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
 
 DPI = 100
 WRONG = "tab:red"

@@ -3,7 +3,7 @@
 Lightning's own launcher runs the script again with the parent's ``sys.argv``: in a multirun each
 rank would start a sweep of its own. So a job that asks for several processes, none started from
 outside (``torchrun``, SLURM), does what ``torchrun`` does: ``elastic_launch`` starts one
-``python -m fashion_mnist_softmax.ddp_rank <resolved config>`` per device, where Lightning finds the
+``python -m fashion_mnist_softmax.run.ddp_rank <resolved config>`` per device, where Lightning finds the
 torchelastic environment. Rank 0 writes the outputs; the job process keeps no process group.
 
 A rank stopped by a :class:`UserError` hands its paragraph to the job in a private file of the run dir
@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from fashion_mnist_softmax import metrics as m
-from fashion_mnist_softmax.config import multi_node_refusal
+from fashion_mnist_softmax.config.checks import multi_node_refusal
 from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError
+from fashion_mnist_softmax.run.metrics import read_metrics
 
 
 def must_start_ranks(trainer: L.Trainer) -> bool:
@@ -81,7 +81,7 @@ def start_ranks(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     world_size = trainer.num_devices  # one node
     _take_rank_errors(run_dir, world_size)  # none left from an earlier run in this dir
     try:
-        elastic_launch(launch, sys.executable)("-m", "fashion_mnist_softmax.ddp_rank", json.dumps(resolved))
+        elastic_launch(launch, sys.executable)("-m", "fashion_mnist_softmax.run.ddp_rank", json.dumps(resolved))
     except ChildFailedError as e:
         # a rank stopped by a UserError makes the launcher stop the others, rank 0 too (SIGTERM, exit -15): its file
         # says why, whichever rank it was
@@ -93,4 +93,4 @@ def start_ranks(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
         raise RuntimeError(f"DDP rank {rank} of {run_dir} failed with exit status {failure.exitcode}.") from None
     finally:  # whatever else ended the launch (Ctrl-C), no file is left
         _take_rank_errors(run_dir, world_size)
-    return m.read_metrics(run_dir)
+    return read_metrics(run_dir)

@@ -1,0 +1,1 @@
+"""Fashion-MNIST: the files on disk, the LightningDataModule, and the user's own pictures."""

@@ -1,0 +1,1 @@
+"""One run: train, evaluate or predict, its callbacks, checkpoints, figures and run directory."""

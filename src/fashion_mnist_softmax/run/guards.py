@@ -1,0 +1,104 @@
+"""What guards a run: a diverged loss stops it in one paragraph, Ctrl-C or SIGTERM saves where it stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from fashion_mnist_softmax.errors import UserError
+
+
+class StopOnDivergedLoss(L.Callback):
+    """Stops training at the first non-finite training loss, or one above ``max_loss``.
+
+    The stable log-sum-exp keeps the loss finite long after training has diverged (``optim.lr=1e30``
+    gives losses near 1e31), hence ``max_loss``; cross-entropy over ten classes starts at ln 10.
+    Reading a loss makes the host wait for the device: on an accelerator the losses are read together
+    every ``check_every`` (50) steps and at each epoch's end, on the CPU at once. Either way the error
+    names the first bad batch.
+    """
+
+    def __init__(self, max_loss: float = 1e6, check_every: int | None = None) -> None:
+        self.max_loss, self.check_every = max_loss, check_every  # None: 1 on the CPU, 50 on an accelerator
+        self._losses: list[torch.Tensor] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._losses = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"].detach()
+        every = self.check_every or (1 if loss.device.type == "cpu" else 50)
+        if every == 1:
+            losses = [float(loss)]
+        else:
+            self._losses.append(loss)
+            if len(self._losses) < every and not trainer.is_last_batch:
+                return
+            losses, self._losses = torch.stack(self._losses).float().cpu().tolist(), []
+        bad = [i for i, value in enumerate(losses) if not abs(value) <= self.max_loss]  # NaN fails every comparison
+        if bad:
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            raise UserError(
+                f"Training stopped: the loss diverged (a non-finite loss, or above {self.max_loss:g}) at epoch "
+                f"{trainer.current_epoch + 1}, batch {batch_idx - len(losses) + bad[0] + 2}: loss "
+                f"{losses[bad[0]]:g}. The likely cause is a learning rate that is too high "
+                f"(optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1). Checkpoints from earlier epochs are kept."
+            )
+
+
+class SaveOnInterrupt(L.Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM, save ``last.ckpt`` between two training steps, then stop.
+
+    Lightning stops at a step's end on SIGTERM; SIGINT is made to do the same, so that the checkpoint
+    resumes exactly where the run stopped. A SIGINT during an epoch's last step or its validation stops
+    the run once the epoch has ended and its checkpoints are written: a checkpoint taken after the last
+    step would resume into a finished epoch, whose validation and epoch end Lightning then skips.
+    Exit status: 1 after SIGINT, 128 + 15 after SIGTERM.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self._interrupted = False
+        self._previous_handler: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
+            self._previous_handler = signal.signal(signal.SIGINT, self._note_interrupt)
+
+    def _note_interrupt(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
+        trainer.lightning_module.print(f"Interrupted: saved {self.path}. Resume with ckpt_path={self.path}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self._interrupted and not trainer.is_last_batch:
+            self._save(trainer)
+            raise KeyboardInterrupt
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._interrupted:
+            trainer.should_stop = True  # Lightning's own graceful stop: the epoch's checkpoints come first
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._interrupted:  # after an epoch's end: every checkpoint is written
+            pl_module.print(f"Interrupted after epoch {trainer.current_epoch}. Resume with ckpt_path={self.path}")
+            raise KeyboardInterrupt
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
+            self._save(trainer)
+            exception.code = 128 + signal.SIGTERM  # Lightning's own exit would read as success
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None

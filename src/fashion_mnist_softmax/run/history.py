@@ -1,0 +1,93 @@
+"""The run's epoch history: the chapter's per-epoch line, and the rows of ``metrics.json``."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+
+from fashion_mnist_softmax.run.metrics import (
+    EPOCH_TIME,
+    TRAIN_ACC,
+    TRAIN_EPOCH_TIME,
+    TRAIN_LOSS,
+    TRAIN_THROUGHPUT,
+    VAL_ACC,
+    VAL_LOSS,
+)
+
+TRAIN_METRICS, VAL_METRICS = (TRAIN_LOSS, TRAIN_ACC), (VAL_LOSS, VAL_ACC)
+
+
+def fit_validation(trainer: L.Trainer) -> bool:
+    """Whether the trainer is validating for its fit, not for a sanity check."""
+    return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+
+
+class EpochSummary(L.Callback):
+    """Prints the chapter's per-epoch line and keeps the per-epoch history for ``metrics.json``.
+
+    ``time_s`` is the epoch's training time, validation excluded; it is logged with the throughput,
+    counted from the batch shapes so that nothing waits for the device. The history, and the time so
+    far of an epoch stopped in its middle, are part of the checkpoint: a resumed run reports every epoch.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+        self._elapsed, self._images = 0.0, 0  # of the current epoch, before this process's first step of it
+        self._start: float | None = None  # of this process's part of the epoch
+        self._train_time: float | None = None  # set when the epoch's training ends
+        self._validated = False  # this epoch: a validation's metrics stay in callback_metrics until the next one
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._elapsed, self._images, self._start, self._train_time = 0.0, 0, time.perf_counter(), None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._start is None:  # resumed in the middle of an epoch: Lightning does not start the epoch again
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self._images += len(batch[1])
+
+    def _running(self) -> float:
+        return self._elapsed + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and self._train_time is None:  # stop the clock at validation
+            self._train_time = self._running()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = self._validated or fit_validation(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._train_time is None:
+            self._train_time = self._running()
+        pl_module.log(TRAIN_EPOCH_TIME, self._train_time)
+        pl_module.log(TRAIN_THROUGHPUT, self._images * trainer.world_size / self._train_time)
+        found, names = trainer.callback_metrics, TRAIN_METRICS + (VAL_METRICS if self._validated else ())
+        self._validated = False
+        row = {"epoch": trainer.current_epoch + 1} | {k: float(found[k]) for k in names if k in found}
+        row[EPOCH_TIME] = self._train_time
+        self.history.append(row)
+        pl_module.print(
+            f"epoch {row['epoch']}, loss {row.get(TRAIN_LOSS, math.nan):.4f}, "
+            f"train acc {row.get(TRAIN_ACC, math.nan):.3f}, val acc {row.get(VAL_ACC, math.nan):.3f}"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        in_epoch = self._start is not None and self._train_time is None
+        return {
+            "history": self.history,
+            "epoch_time_so_far": self._running() if in_epoch else 0.0,
+            "epoch_images_so_far": self._images if in_epoch else 0,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+        self._elapsed, self._images = state_dict["epoch_time_so_far"], state_dict["epoch_images_so_far"]
+        self._start = None

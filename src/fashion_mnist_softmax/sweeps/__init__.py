@@ -1,0 +1,1 @@
+"""What a multirun adds: the sweep's summary and the Optuna sampler."""
