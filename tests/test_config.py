@@ -1,11 +1,16 @@
 """Hydra composition of conf/train.yaml and its groups."""
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.errors import UserError
+
+from conftest import ROOT
 
 
 def test_defaults_compose(compose_cfg):
@@ -73,3 +78,23 @@ def test_values_lightning_would_refuse_after_the_data_has_loaded_are_refused_fir
 
 def test_adams_missing_momentum_is_not_a_null_one(tiny_cfg):
     check_config(tiny_cfg("impl=concise", "optim=adam"), "train")  # Adam has no momentum key
+
+
+def test_every_callbacks_choice_declares_what_every_run_has(compose_cfg):
+    always = {"epoch_summary", "stop_on_diverged_loss", "save_on_interrupt", "best_checkpoint", "last_checkpoint"}
+    for choice in ("none", "inspection", "default"):
+        cfg = compose_cfg([f"callbacks={choice}", "paths.output_dir=/tmp/x"])
+        assert always <= cfg.callbacks.keys(), choice
+        assert cfg.callbacks.best_checkpoint.dirpath == cfg.callbacks.last_checkpoint.dirpath == "/tmp/x/checkpoints"
+    training = (ROOT / "src" / "fashion_mnist_softmax" / "run" / "training.py").read_text()
+    built = ("ModelCheckpoint(", "EpochSummary(", "StopOnDivergedLoss(", "SaveOnInterrupt(")
+    assert not [name for name in built if name in training], "train() adds a callback the config does not declare"
+
+
+def test_the_fused_launchers_config_is_a_dataclass_in_the_config_store():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=fused"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.fashion_mnist_softmax_sweeps.fused_launcher.FusedLauncher"
+    assert not (ROOT / "conf" / "hydra" / "launcher").exists(), "no YAML file beside the registered dataclass"
+    node = ConfigStore.instance().load("hydra/launcher/fused.yaml").node
+    assert OmegaConf.get_type(node).__name__ == "FusedLauncherConf"

@@ -25,6 +25,15 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "") -> JobFailed:
+    """Record a failed job of a multirun: its reason in ``<job dir>/error.txt`` and on stderr; the
+    :class:`JobFailed` that Hydra's launchers and sweepers take as the job's failure."""
+    reason = error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    (Path(job_dir) / ERROR_FILE).write_text(reason + "\n" + details)
+    print(f"\nJob {num} failed: " + paragraph(reason), file=sys.stderr, flush=True)
+    return JobFailed(f"Job {num} failed: {reason}")
+
+
 def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
     """A :class:`UserError` ends a single run in one paragraph (:func:`refuse`).
 
@@ -45,11 +54,8 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
                 if isinstance(e, UserError):
                     refuse(e)
                 raise
-            reason = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             details = "" if isinstance(e, UserError) else "\n\n" + traceback.format_exc()
             job = HydraConfig.get()
-            (Path(job.runtime.output_dir) / ERROR_FILE).write_text(reason + "\n" + details)
-            print(f"\nJob {job.job.num} failed: " + paragraph(reason), file=sys.stderr)
-            raise JobFailed(f"Job {job.job.num} failed: {reason}") from None
+            raise job_failed(e, job.runtime.output_dir, job.job.num, details) from None
 
     return wrapper

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_mnist_softmax import console
@@ -16,7 +16,6 @@ from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
-from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC, VAL_ACC_BEST
 
@@ -30,21 +29,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics."""
     console.quiet()
     run_dir = Path(cfg.paths.output_dir)
-    summary = EpochSummary()
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="epoch{epoch:03d}-val_acc{val/acc:.4f}",
-        auto_insert_metric_name=False,
-        monitor=VAL_ACC,
-        mode="max",
-    )
-    # Lightning 2.6 refreshes save_last=True only at steps that also saved a top-k file, so last.ckpt gets its own,
-    # written at every epoch's end, also in epochs without validation (trainer.check_val_every_n_epoch)
-    last = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False, save_on_train_epoch_end=True
-    )
-    callbacks = [summary, StopOnDivergedLoss(), SaveOnInterrupt(run_dir / "checkpoints"), checkpoint, last]
-    callbacks += instantiate_all(cfg.get("callbacks"))
+    callbacks = instantiate_all(cfg.get("callbacks"))  # conf/callbacks/always.yaml: what every run has
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -52,6 +37,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,  # conf/callbacks/default.yaml lists the parameters instead
     )
+    summary = next(c for c in callbacks if isinstance(c, EpochSummary))
+    best = next(c for c in trainer.checkpoint_callbacks if c.monitor is not None)  # by val/acc
+    last = next(c for c in trainer.checkpoint_callbacks if c.monitor is None)
     if distributed.must_start_ranks(trainer):
         return distributed.start_ranks(cfg, trainer)
 
@@ -73,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_ckpt = cfg.ckpt_path
     else:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        named = {"best": checkpoint.best_model_path, "last": str(run_dir / "checkpoints" / "last.ckpt")}
+        named = {"best": best.best_model_path, "last": last.format_checkpoint_name({})}
         test_ckpt = named.get(cfg.test_ckpt, cfg.test_ckpt)
         if cfg.test_ckpt == "best" and not test_ckpt:
             raise UserError(

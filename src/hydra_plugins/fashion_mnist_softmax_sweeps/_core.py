@@ -1,0 +1,104 @@
+"""The fused launcher's work, imported when a sweep launches: job dirs as Hydra makes them, groups, training."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fashion_mnist_softmax.fused.jobs import group_key, train_group, why_not_fused
+from fashion_mnist_softmax.run.failures import job_failed
+
+from .fused_launcher import FusedLauncher
+
+log = logging.getLogger(__name__)
+
+
+class _NoCallbacks:
+    """While the job dirs are made: no job has started yet."""
+
+    def on_job_start(self, **kwargs: Any) -> None:
+        pass
+
+    def on_job_end(self, **kwargs: Any) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class _Job:
+    """A job: its config with the hydra node (as Hydra's callbacks take it), its return, its resolved task config."""
+
+    config: DictConfig
+    ret: JobReturn
+    resolved: dict[str, Any]
+
+
+def _run_job(config: DictConfig, task_function: TaskFunction, context: HydraContext) -> JobReturn:
+    return run_job(
+        hydra_context=context,
+        task_function=task_function,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+def _prepare(launcher: FusedLauncher, overrides: Sequence[str], idx: int) -> _Job:
+    """The job's dir and ``.hydra/``, made as Hydra makes them for any job; no training yet."""
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = config.hydra.job.num = idx
+    resolved: list[dict[str, Any]] = []
+    context = dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks())
+    ret = _run_job(config, lambda cfg: resolved.append(OmegaConf.to_container(cfg, resolve=True)), context)
+    return _Job(config, ret, resolved[0])
+
+
+def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        jobs.append(_prepare(launcher, overrides, idx))
+    groups: dict[str, list[_Job]] = {}
+    for job in jobs:
+        reason = why_not_fused(job.resolved)
+        if reason is None:
+            groups.setdefault(group_key(job.resolved), []).append(job)
+        else:  # it runs alone, as under the basic launcher
+            log.info(f"Job {job.config.hydra.job.num} runs alone: {reason}")
+            job.ret = _run_job(job.config, launcher.task_function, launcher.hydra_context)
+    for members in groups.values():
+        numbers = ", ".join(str(job.config.hydra.job.num) for job in members)
+        log.info(f"Training {len(members)} job{'s' * (len(members) > 1)} as one fused group: {numbers}")
+        for job in members:
+            HydraConfig.instance().set_config(job.config)
+            launcher.hydra_context.callbacks.on_job_start(config=job.config, task_function=launcher.task_function)
+        # the jobs' compositions and an earlier group's trainer, model and data sit in reference cycles:
+        # freed before this group loads its data
+        gc.collect()
+        try:
+            outcomes = train_group([job.resolved for job in members])
+        except Exception as e:  # what fails the group fails each of its jobs, as it would have failed each alone
+            outcomes = [e] * len(members)
+        for job, outcome in zip(members, outcomes, strict=True):
+            HydraConfig.instance().set_config(job.config)
+            num = job.config.hydra.job.num
+            if isinstance(outcome, Exception):
+                failure = job_failed(outcome, job.resolved["paths"]["output_dir"], num)
+                job.ret.return_value, job.ret.status = failure, JobStatus.FAILED
+            else:
+                job.ret.return_value, job.ret.status = outcome, JobStatus.COMPLETED
+            launcher.hydra_context.callbacks.on_job_end(config=job.config, job_return=job.ret)
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return [job.ret for job in jobs]
