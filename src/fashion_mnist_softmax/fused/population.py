@@ -5,7 +5,7 @@ set-up), not arithmetic. Side by side, the members' weights form one (784, K, 10
 share a shuffle seed see the same minibatches (each member draws its init and its shuffle exactly as its lone
 run does), so their forward pass is one (B, 784) x (784, K_shuffle * 10) product. The update is the chapter's SGD
 with each member's own lr, momentum and weight decay; a member whose loss diverges fails alone.
-``fused_jobs`` turns the population back into jobs, each with the outputs of a lone run.
+``fused.jobs`` turns the population back into jobs, each with the outputs of a lone run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from hydra.utils import get_class
 from torch.utils.data import DataLoader
 
 from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, FashionMNISTDataModule
-from fashion_mnist_softmax.models.scratch import sgd
+from fashion_mnist_softmax.models.scratch import cross_entropy, init_weights, sgd
+from fashion_mnist_softmax.run.guards import DivergedLoss
 
 
 class StackedSampler:
@@ -51,14 +52,6 @@ class FusedDataModule(FashionMNISTDataModule):
         ds.to(self.trainer.strategy.root_device)
         samplers = [EpochBatchSampler(len(ds), self.batch_size, True, seed) for seed in self.shuffle_seeds]
         return DataLoader(ds, batch_size=None, sampler=StackedSampler(samplers))
-
-
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Each member's mean cross-entropy, as the scratch model computes it: (B, K, 10) logits to (K,) losses."""
-    top = logits.max(dim=-1, keepdim=True).values
-    log_sum_exp = top.squeeze(-1) + (logits - top).exp().sum(dim=-1).log()
-    true = logits.gather(-1, y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(-1)
-    return (log_sum_exp - true).mean(dim=0)
 
 
 class FusedSGD(torch.optim.Optimizer):
@@ -112,7 +105,7 @@ class FusedSoftmaxRegression(L.LightningModule):
         momentum: list[float],
         weight_decay: list[float],
         scheduler: dict[str, Any] | None,
-        max_loss: float = 1e6,
+        max_loss: float | list[float] = 1e6,
         check_every: int | None = None,
     ) -> None:
         super().__init__()
@@ -120,19 +113,18 @@ class FusedSoftmaxRegression(L.LightningModule):
         inits = []
         for seed in seeds:  # each member's init, drawn exactly as its lone run draws it
             L.seed_everything(seed, workers=True, verbose=False)
-            inits.append(torch.normal(0.0, 0.01, (10, 784)).T)
+            inits.append(init_weights(784, 10))
         self.W = torch.nn.Parameter(torch.stack(inits, dim=1).contiguous())
         self.b = torch.nn.Parameter(torch.zeros(k, 10))
         for name, values in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
         # the members a..c of each shuffle seed: one batch and one matrix product each step
         self.ranges = [(shuffle_seeds.index(s), k - shuffle_seeds[::-1].index(s)) for s in sorted(set(shuffle_seeds))]
-        self.scheduler, self.max_loss = scheduler, max_loss
-        self.check_every = check_every  # None: 1 on the CPU, 50 on an accelerator
+        self.scheduler = scheduler
+        self.diverged = DivergedLoss(torch.tensor(max_loss).expand(k), check_every)  # each member's own max_loss
         self.alive = torch.ones(k, dtype=torch.bool)
         self.register_buffer("alive_mask", self.alive.clone(), persistent=False)  # on the device: no copy per step
         self.failures: dict[int, str] = {}
-        self.recent_losses: list[torch.Tensor] = []  # the training losses not yet checked, one (K,) per step
         self.sums: dict[str, torch.Tensor] = {}
         self.step_losses: list[tuple[int, torch.Tensor]] = []  # (step, each member's loss) as a lone run logs them
 
@@ -172,30 +164,18 @@ class FusedSoftmaxRegression(L.LightningModule):
         return torch.where(self.alive_mask, losses, torch.zeros_like(losses)).sum()
 
     def on_train_epoch_start(self) -> None:
-        self.recent_losses = []
+        self.diverged.pending = []
 
     def _fail_diverged(self, losses: torch.Tensor, batch_idx: int) -> None:
-        """Fails each member whose loss is non-finite or above ``max_loss``, naming its first bad batch.
-
-        As the lone run's guard: the losses are read at every step on the CPU, and every ``check_every`` (50)
-        steps and at the epoch's end on an accelerator, where each read makes the host wait for the device.
-        """
-        self.recent_losses.append(losses.detach())
-        every = self.check_every or (1 if losses.device.type == "cpu" else 50)
-        if len(self.recent_losses) < every and not self.trainer.is_last_batch:
-            return
-        recent, self.recent_losses = torch.stack(self.recent_losses).float().cpu(), []
-        bad = ~(recent.abs() <= self.max_loss) & self.alive  # (steps, K); NaN fails every comparison
-        for k in bad.any(dim=0).nonzero().flatten().tolist():
-            first = int(bad[:, k].nonzero()[0])
-            self.alive[k] = self.alive_mask[k] = False
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"] * float(self.lr[k])
-            self.failures[k] = (
-                f"Training stopped: the loss diverged (a non-finite loss, or above {self.max_loss:g}) at epoch "
-                f"{self.current_epoch + 1}, batch {batch_idx - len(recent) + first + 2}: loss "
-                f"{float(recent[first, k]):g}. The likely cause is a learning rate that is too high "
-                f"(optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1)."
-            )
+        """Fails each member whose loss diverged, as the lone run's guard stops it, naming its first bad batch."""
+        for k, back, loss in self.diverged.check(losses, self.trainer.is_last_batch):
+            if self.alive[k]:
+                self.alive[k] = self.alive_mask[k] = False
+                lr = self.trainer.optimizers[0].param_groups[0]["lr"] * float(self.lr[k])
+                max_loss = float(self.diverged.max_loss[k])
+                self.failures[k] = DivergedLoss.message(
+                    max_loss, self.current_epoch + 1, batch_idx + 1 - back, loss, lr
+                )
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch

@@ -7,4 +7,11 @@ MODELS = {
     "fashion_mnist_softmax.models.scratch.ScratchSoftmaxRegression": "scratch",
     "fashion_mnist_softmax.models.concise.ConciseSoftmaxRegression": "concise",
 }
+
+
+def class_path(model: object) -> str:
+    """The import path of a model's class, as checkpoints name it."""
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
 MOVED = {f"fashion_mnist_softmax.{path.split('.', 2)[2]}": path for path in MODELS}

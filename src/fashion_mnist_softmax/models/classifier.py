@@ -11,7 +11,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fashion_mnist_softmax.data.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
-from fashion_mnist_softmax.models import MODEL_CLASS
+from fashion_mnist_softmax.models import MODEL_CLASS, class_path
 from fashion_mnist_softmax.run.metrics import TRAIN_LOSS_STEP, VAL_ACC_BEST
 
 
@@ -52,6 +52,10 @@ class Classifier(L.LightningModule):
     @property
     def weight_templates(self) -> torch.Tensor:
         """The ten learned 28×28-pixel class templates as a (10, 784) tensor."""
+        raise NotImplementedError
+
+    def load_weights(self, W: torch.Tensor, b: torch.Tensor) -> None:
+        """Take the chapter's W (784, 10) and b (10,): a fused sweep's member saved as this impl."""
         raise NotImplementedError
 
     def _step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> tuple[torch.Tensor, ...]:
@@ -97,4 +101,4 @@ class Classifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[MODEL_CLASS] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[MODEL_CLASS] = class_path(self)

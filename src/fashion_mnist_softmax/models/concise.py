@@ -36,3 +36,8 @@ class ConciseSoftmaxRegression(Classifier):
     def weight_templates(self) -> torch.Tensor:
         """The ten learned 28×28-pixel templates as a (10, 784) tensor: the rows of ``linear.weight``."""
         return self.net[1].weight.detach()
+
+    @torch.no_grad()
+    def load_weights(self, W: torch.Tensor, b: torch.Tensor) -> None:
+        self.net[1].weight.copy_(W.T)
+        self.net[1].bias.copy_(b)

@@ -22,14 +22,18 @@ def softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def log_sum_exp(logits: torch.Tensor) -> torch.Tensor:
-    """log sum_i exp(o_i) per row, without overflow."""
-    top = logits.max(dim=1, keepdim=True).values
-    return top.squeeze(1) + (logits - top).exp().sum(dim=1).log()
+    """log sum_i exp(o_i) over the classes (the last dim), without overflow."""
+    top = logits.max(dim=-1, keepdim=True).values
+    return top.squeeze(-1) + (logits - top).exp().sum(dim=-1).log()
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of -log softmax(o)_y over the batch, as log-sum-exp(o) minus the true class's logit."""
-    return (log_sum_exp(logits) - logits.gather(1, y.view(-1, 1)).squeeze(1)).mean()
+    """Mean of -log softmax(o)_y over the batch, as log-sum-exp(o) minus the true class's logit.
+
+    Logits of shape (B, K, 10), K models side by side as in a fused sweep, give each model's loss, (K,).
+    """
+    true = logits.gather(-1, y.view(-1, *[1] * (logits.dim() - 1)).expand(*logits.shape[:-1], 1)).squeeze(-1)
+    return (log_sum_exp(logits) - true).mean(dim=0)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -84,19 +88,21 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
-class ScratchSoftmaxRegression(Classifier):
-    """O = XW + b with W (784×10) ~ N(0, 0.01) and b = 0, trained with the hand-written :class:`SGD`.
+def init_weights(num_inputs: int, num_outputs: int) -> torch.Tensor:
+    """W (num_inputs × num_outputs) ~ N(0, 0.01), drawn in the (num_outputs, num_inputs) order of
+    ``nn.Linear.weight`` and transposed, so that one seed gives ``W == linear.weight.T`` in the concise model."""
+    return torch.normal(0.0, 0.01, (num_outputs, num_inputs)).T.contiguous()
 
-    W is drawn in the (10, 784) order of ``nn.Linear.weight`` and transposed, so that one seed
-    gives ``W == linear.weight.T`` in the concise model: both runs then start from one point.
-    """
+
+class ScratchSoftmaxRegression(Classifier):
+    """O = XW + b with W (784×10) from :func:`init_weights` and b = 0, trained with the hand-written :class:`SGD`."""
 
     name = "scratch"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         num_inputs, num_outputs = self.hparams.num_inputs, self.hparams.num_outputs
-        self.W = nn.Parameter(torch.normal(0.0, 0.01, (num_outputs, num_inputs)).T.contiguous())
+        self.W = nn.Parameter(init_weights(num_inputs, num_outputs))
         self.b = nn.Parameter(torch.zeros(num_outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,3 +115,8 @@ class ScratchSoftmaxRegression(Classifier):
     def weight_templates(self) -> torch.Tensor:
         """The ten learned 28×28-pixel templates as a (10, 784) tensor: the columns of W."""
         return self.W.detach().T
+
+    @torch.no_grad()
+    def load_weights(self, W: torch.Tensor, b: torch.Tensor) -> None:
+        self.W.copy_(W)
+        self.b.copy_(b)

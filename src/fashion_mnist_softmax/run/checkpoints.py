@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import get_class
 
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.models import MODEL_CLASS, MODELS, MOVED
+from fashion_mnist_softmax.models import MODEL_CLASS, MODELS, MOVED, class_path
 
 DATA_STATE = "FashionMNISTDataModule"  # Lightning saves a DataModule's state under its class name
 # what Lightning reads to resume a run, besides the weights: a fused job's checkpoint holds the weights only
@@ -84,6 +84,27 @@ def check_checkpoint(path: str | Path, impl_target: str | None = None, resume: b
             f"The checkpoint {path} holds a {found} model, but impl={asked} was asked for. "
             f"Use impl={found} to {'resume' if resume else 'test'} it, or a checkpoint of a {asked} run."
         )
+
+
+def save_weights(
+    path: Path, model: Any, hyper_parameters: dict[str, Any], data_state: dict[str, Any], epoch: int, step: int
+) -> None:
+    """A checkpoint of the model's weights alone, as a fused sweep's member writes it: eval.py and predict.py load it,
+    and train.py refuses to resume it (it lacks :data:`RESUME_KEYS`)."""
+    import lightning
+    import torch
+
+    state = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": hyper_parameters,
+        MODEL_CLASS: class_path(model),
+        DATA_STATE: data_state,
+        "epoch": epoch,
+        "global_step": step,
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:

@@ -15,42 +15,54 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from fashion_mnist_softmax.errors import UserError
 
 
-class StopOnDivergedLoss(L.Callback):
-    """Stops training at the first non-finite training loss, or one above ``max_loss``.
+class DivergedLoss:
+    """The training losses of one or more models, and the first of each model's that diverged.
 
     The stable log-sum-exp keeps the loss finite long after training has diverged (``optim.lr=1e30``
     gives losses near 1e31), hence ``max_loss``; cross-entropy over ten classes starts at ln 10.
     Reading a loss makes the host wait for the device: on an accelerator the losses are read together
-    every ``check_every`` (50) steps and at each epoch's end, on the CPU at once. Either way the error
-    names the first bad batch.
+    every ``check_every`` (50) steps and at each epoch's end, on the CPU at once. Either way the first bad
+    batch is found.
     """
 
-    def __init__(self, max_loss: float = 1e6, check_every: int | None = None) -> None:
+    def __init__(self, max_loss: float | torch.Tensor = 1e6, check_every: int | None = None) -> None:
         self.max_loss, self.check_every = max_loss, check_every  # None: 1 on the CPU, 50 on an accelerator
-        self._losses: list[torch.Tensor] = []
+        self.pending: list[torch.Tensor] = []
+
+    def check(self, losses: torch.Tensor, last: bool) -> list[tuple[int, int, float]]:
+        """Add one step's losses, (K,). Once they are read: each model whose loss diverged since the last read,
+        as (model, how many steps before this one it diverged, its loss then)."""
+        self.pending.append(losses.detach())
+        if len(self.pending) < (self.check_every or (1 if losses.device.type == "cpu" else 50)) and not last:
+            return []
+        read, self.pending = torch.stack(self.pending).float().cpu(), []
+        bad = ~(read.abs() <= self.max_loss)  # (steps, K); NaN fails every comparison
+        firsts = [(k, int(bad[:, k].nonzero()[0])) for k in bad.any(dim=0).nonzero().flatten().tolist()]
+        return [(k, len(read) - 1 - first, float(read[first, k])) for k, first in firsts]
+
+    @staticmethod
+    def message(max_loss: float, epoch: int, batch: int, loss: float, lr: float) -> str:
+        return (
+            f"Training stopped: the loss diverged (a non-finite loss, or above {max_loss:g}) at epoch {epoch}, batch "
+            f"{batch}: loss {loss:g}. The likely cause is a learning rate that is too high (optim.lr={lr:g}). "
+            f"Lower optim.lr (the chapter uses 0.1)."
+        )
+
+
+class StopOnDivergedLoss(L.Callback):
+    """Stops training at the first diverged training loss (:class:`DivergedLoss`), naming its batch."""
+
+    def __init__(self, max_loss: float = 1e6, check_every: int | None = None) -> None:
+        self.losses = DivergedLoss(max_loss, check_every)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._losses = []
+        self.losses.pending = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"].detach()
-        every = self.check_every or (1 if loss.device.type == "cpu" else 50)
-        if every == 1:
-            losses = [float(loss)]
-        else:
-            self._losses.append(loss)
-            if len(self._losses) < every and not trainer.is_last_batch:
-                return
-            losses, self._losses = torch.stack(self._losses).float().cpu().tolist(), []
-        bad = [i for i, value in enumerate(losses) if not abs(value) <= self.max_loss]  # NaN fails every comparison
-        if bad:
+        for _, back, loss in self.losses.check(outputs["loss"].view(1), trainer.is_last_batch):
             lr = trainer.optimizers[0].param_groups[0]["lr"]
-            raise UserError(
-                f"Training stopped: the loss diverged (a non-finite loss, or above {self.max_loss:g}) at epoch "
-                f"{trainer.current_epoch + 1}, batch {batch_idx - len(losses) + bad[0] + 2}: loss "
-                f"{losses[bad[0]]:g}. The likely cause is a learning rate that is too high "
-                f"(optim.lr={lr:g}). Lower optim.lr (the chapter uses 0.1). Checkpoints from earlier epochs are kept."
-            )
+            epoch = trainer.current_epoch + 1
+            raise UserError(DivergedLoss.message(self.losses.max_loss, epoch, batch_idx + 1 - back, loss, lr))
 
 
 class SaveOnInterrupt(L.Callback):

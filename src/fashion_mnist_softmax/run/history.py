@@ -11,11 +11,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from fashion_mnist_softmax.run.metrics import (
     EPOCH_TIME,
+    TEST_ACC,
+    TEST_LOSS,
     TRAIN_ACC,
     TRAIN_EPOCH_TIME,
     TRAIN_LOSS,
     TRAIN_THROUGHPUT,
     VAL_ACC,
+    VAL_ACC_BEST,
     VAL_LOSS,
 )
 
@@ -67,17 +70,23 @@ class EpochSummary(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._train_time is None:
             self._train_time = self._running()
-        pl_module.log(TRAIN_EPOCH_TIME, self._train_time)
-        pl_module.log(TRAIN_THROUGHPUT, self._images * trainer.world_size / self._train_time)
+        for name, value in self.timing(self._train_time, self._images * trainer.world_size).items():
+            pl_module.log(name, value)
         found, names = trainer.callback_metrics, TRAIN_METRICS + (VAL_METRICS if self._validated else ())
         self._validated = False
-        row = {"epoch": trainer.current_epoch + 1} | {k: float(found[k]) for k in names if k in found}
-        row[EPOCH_TIME] = self._train_time
-        self.history.append(row)
-        pl_module.print(
-            f"epoch {row['epoch']}, loss {row.get(TRAIN_LOSS, math.nan):.4f}, "
-            f"train acc {row.get(TRAIN_ACC, math.nan):.3f}, val acc {row.get(VAL_ACC, math.nan):.3f}"
-        )
+        row = self.add(trainer.current_epoch + 1, {k: float(found[k]) for k in names if k in found}, self._train_time)
+        pl_module.print(epoch_line(row))
+
+    def add(self, epoch: int, metrics: dict[str, float], seconds: float) -> dict[str, float]:
+        """Add the row of an epoch: its number, its train and (if it validated) val metrics, its training time."""
+        row = {"epoch": epoch} | {k: metrics[k] for k in (*TRAIN_METRICS, *VAL_METRICS) if k in metrics}
+        self.history.append(row | {EPOCH_TIME: seconds})
+        return self.history[-1]
+
+    @staticmethod
+    def timing(seconds: float, images: int) -> dict[str, float]:
+        """The logged scalars of an epoch's training time."""
+        return {TRAIN_EPOCH_TIME: seconds, TRAIN_THROUGHPUT: images / seconds}
 
     def state_dict(self) -> dict[str, Any]:
         in_epoch = self._start is not None and self._train_time is None
@@ -91,3 +100,28 @@ class EpochSummary(L.Callback):
         self.history = list(state_dict["history"])
         self._elapsed, self._images = state_dict["epoch_time_so_far"], state_dict["epoch_images_so_far"]
         self._start = None
+
+
+def epoch_line(row: dict[str, float]) -> str:
+    """The chapter's line for an epoch."""
+    return (
+        f"epoch {row['epoch']}, loss {row.get(TRAIN_LOSS, math.nan):.4f}, "
+        f"train acc {row.get(TRAIN_ACC, math.nan):.3f}, val acc {row.get(VAL_ACC, math.nan):.3f}"
+    )
+
+
+def run_metrics(
+    impl: str, seed: int, tested: dict[str, float], test_ckpt: str, hparams: dict, history: list[dict[str, float]]
+) -> dict[str, Any]:
+    """A run's ``metrics.json``: its test metrics, its best validation accuracy, its config and its history."""
+    val_accs = [row[VAL_ACC] for row in history if VAL_ACC in row]
+    return {
+        "impl": impl,
+        "seed": seed,
+        TEST_ACC: tested[TEST_ACC],
+        TEST_LOSS: tested[TEST_LOSS],
+        VAL_ACC_BEST: max(val_accs) if val_accs else None,
+        "test_ckpt": str(test_ckpt),
+        "hparams": hparams,
+        "history": history,
+    }

@@ -1,21 +1,25 @@
-"""What TensorBoard shows besides the scalars: the run's figures and its HParams."""
+"""What TensorBoard shows besides the scalars: the run's figures and its HParams.
+
+Each callback does its work in methods that take plain values and the run's loggers; its Lightning hooks
+call them with the trainer's values, and a fused sweep calls them for each of its members.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from matplotlib.figure import Figure
 from PIL import Image
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from fashion_mnist_softmax.run import figures
-from fashion_mnist_softmax.run.history import VAL_METRICS, fit_validation
+from fashion_mnist_softmax.run.history import EpochSummary
 from fashion_mnist_softmax.run.metrics import (
     CONFUSION,
     CURVES,
@@ -33,61 +37,75 @@ from fashion_mnist_softmax.run.metrics import (
 )
 
 
-def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
-    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+def _tensorboards(loggers: Sequence[Logger]) -> list[TensorBoardLogger]:
+    return [logger for logger in loggers if isinstance(logger, TensorBoardLogger)]
 
 
 class Figures(L.Callback):
     """Draws the run's figures on rank 0, logs them to TensorBoard and saves them as ``<out_dir>/<name>.png``.
 
     ``samples`` (the first training images) when training starts, ``weights`` (the templates) at
-    every epoch's end, ``curves`` when fitting ends (their history is part of the checkpoint), and,
-    from the classes that ``test_step`` returns, ``predictions`` and ``confusion`` after testing.
+    every epoch's end, ``curves`` (from the epoch history) when fitting ends, and, from the classes that
+    ``test_step`` returns, ``predictions`` and ``confusion`` after testing. Each figure is drawn once and
+    redrawn in place; ``figs`` holds them, and the members of a fused sweep share one ``figs``.
     """
 
     curves = (TRAIN_LOSS, TRAIN_ACC, VAL_ACC)
 
     def __init__(self, out_dir: str | Path, num_samples: int = 10, num_predictions: int = 20) -> None:
         self.out_dir, self.num_samples, self.num_predictions = Path(out_dir), num_samples, num_predictions
-        self.history: dict[str, list[float]] = {k: [] for k in ("epoch", *self.curves)}
-        self._weights: Figure | None = None
-        self._validated = False  # as in EpochSummary
+        self.figs: dict[str, Figure] = {}
         self._confusion: MulticlassConfusionMatrix | None = None
         self._shown: list[tuple[torch.Tensor, ...]] = []
 
-    def _publish(self, trainer: L.Trainer, name: str, fig: Figure, step: int = 0) -> None:
+    def publish(self, loggers: Sequence[Logger], name: str, fig: Figure, step: int = 0) -> None:
         """Render once; log the image to TensorBoard and save it as a PNG."""
         image = figures.render(fig)
-        for logger in _tensorboards(trainer):
+        for logger in _tensorboards(loggers):
             logger.experiment.add_image(name, image, step, dataformats="HWC")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(self.out_dir / f"{name}.png")
 
+    def draw_samples(self, loggers: Sequence[Logger], dataset: Any) -> None:
+        images, labels = dataset[torch.arange(min(self.num_samples, len(dataset)))]
+        self.publish(loggers, SAMPLES, figures.samples_figure(images, labels))
+
+    def draw_weights(self, loggers: Sequence[Logger], templates: torch.Tensor, epoch: int) -> None:
+        self.figs[WEIGHTS] = figures.weights_figure(templates, fig=self.figs.get(WEIGHTS))
+        self.publish(loggers, WEIGHTS, self.figs[WEIGHTS], step=epoch)
+
+    def draw_curves(self, loggers: Sequence[Logger], history: list[dict[str, float]]) -> None:
+        if history:
+            epochs = [row["epoch"] for row in history]
+            series = {name: [row.get(name, math.nan) for row in history] for name in self.curves}
+            self.figs[CURVES] = figures.curves_figure(epochs, series, fig=self.figs.get(CURVES))
+            self.publish(loggers, CURVES, self.figs[CURVES], step=epochs[-1])
+
+    def draw_tested(
+        self,
+        loggers: Sequence[Logger],
+        confusion: torch.Tensor,
+        shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        step: int,
+    ) -> None:
+        """The confusion matrix, and the first test images (images, labels, predicted classes) with their labels."""
+        self.figs[CONFUSION] = figures.confusion_figure(confusion, fig=self.figs.get(CONFUSION))
+        self.publish(loggers, CONFUSION, self.figs[CONFUSION], step)
+        self.figs[PREDICTIONS] = figures.predictions_figure(*shown, fig=self.figs.get(PREDICTIONS))
+        self.publish(loggers, PREDICTIONS, self.figs[PREDICTIONS], step)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            dataset = trainer.train_dataloader.dataset
-            images, labels = dataset[torch.arange(min(self.num_samples, len(dataset)))]
-            self._publish(trainer, SAMPLES, figures.samples_figure(images, labels))
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._validated = self._validated or fit_validation(trainer)
+            self.draw_samples(trainer.loggers, trainer.train_dataloader.dataset)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        found = trainer.callback_metrics
-        self.history["epoch"].append(trainer.current_epoch + 1)
-        for name in self.curves:
-            shown = name not in VAL_METRICS or self._validated
-            self.history[name].append(float(found[name]) if shown and name in found else math.nan)
-        self._validated = False
         if trainer.is_global_zero:
-            self._weights = figures.weights_figure(pl_module.weight_templates, fig=self._weights)
-            self._publish(trainer, WEIGHTS, self._weights, step=trainer.current_epoch + 1)
+            self.draw_weights(trainer.loggers, pl_module.weight_templates, trainer.current_epoch + 1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.history["epoch"]:
-            series = {name: self.history[name] for name in self.curves}
-            fig = figures.curves_figure(self.history["epoch"], series)
-            self._publish(trainer, CURVES, fig, step=self.history["epoch"][-1])
+        if trainer.is_global_zero:
+            summary = next(c for c in trainer.callbacks if isinstance(c, EpochSummary))
+            self.draw_curves(trainer.loggers, summary.history)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._confusion = MulticlassConfusionMatrix(pl_module.hparams.num_outputs).to(pl_module.device)
@@ -103,18 +121,9 @@ class Figures(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         confusion = self._confusion.compute()  # sums the ranks' matrices, so every rank calls it
-        if not trainer.is_global_zero:
-            return
-        self._publish(trainer, CONFUSION, figures.confusion_figure(confusion), step=trainer.global_step)
-        images, labels, predicted = (torch.cat(parts) for parts in zip(*self._shown, strict=True))
-        fig = figures.predictions_figure(images, labels, predicted)
-        self._publish(trainer, PREDICTIONS, fig, step=trainer.global_step)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        if trainer.is_global_zero:
+            shown = tuple(torch.cat(parts) for parts in zip(*self._shown, strict=True))
+            self.draw_tested(trainer.loggers, confusion, shown, trainer.global_step)
 
 
 class HParams(L.Callback):
@@ -127,11 +136,15 @@ class HParams(L.Callback):
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
 
+    def log_final(
+        self, loggers: Sequence[Logger], impl: str, tested: Mapping[str, Any], val_acc_best: float | None, step: int
+    ) -> None:
+        metrics = {HP_TEST_ACC: float(tested[TEST_ACC]), HP_TEST_LOSS: float(tested[TEST_LOSS])}
+        if val_acc_best is not None and math.isfinite(val_acc_best):
+            metrics[HP_VAL_ACC_BEST] = val_acc_best
+        for logger in _tensorboards(loggers):
+            logger.log_hyperparams({"impl": impl, **self.hparams}, metrics, step=step)
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        found = trainer.callback_metrics
-        metrics = {HP_TEST_ACC: float(found[TEST_ACC]), HP_TEST_LOSS: float(found[TEST_LOSS])}
         best = float(pl_module.val_acc_best.max_value)
-        if math.isfinite(best):
-            metrics[HP_VAL_ACC_BEST] = best
-        for logger in _tensorboards(trainer):
-            logger.log_hyperparams({"impl": pl_module.name, **self.hparams}, metrics, step=trainer.global_step)
+        self.log_final(trainer.loggers, pl_module.name, trainer.callback_metrics, best, trainer.global_step)

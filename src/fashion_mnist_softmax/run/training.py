@@ -16,8 +16,8 @@ from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
-from fashion_mnist_softmax.run.history import EpochSummary
-from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC, VAL_ACC_BEST
+from fashion_mnist_softmax.run.history import EpochSummary, run_metrics
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, VAL_ACC
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -71,17 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)[0]
-    val_accs = [row[VAL_ACC] for row in history if VAL_ACC in row]
-    metrics = {
-        "impl": model.name,
-        "seed": cfg.seed,
-        TEST_ACC: tested[TEST_ACC],
-        TEST_LOSS: tested[TEST_LOSS],
-        VAL_ACC_BEST: max(val_accs) if val_accs else None,
-        "test_ckpt": str(test_ckpt),
-        "hparams": OmegaConf.to_container(cfg, resolve=True),
-        "history": history,
-    }
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    metrics = run_metrics(model.name, cfg.seed, tested, test_ckpt, hparams, history)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         print(f"metrics: {run_dir / METRICS_FILE}\ncheckpoints: {run_dir / 'checkpoints'}")
