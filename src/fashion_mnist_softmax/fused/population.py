@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from torch.utils.data import DataLoader
 
 from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, FashionMNISTDataModule
-from fashion_mnist_softmax.models.scratch import cross_entropy, init_weights, sgd
+from fashion_mnist_softmax.models.scratch import SGD, cross_entropy, init_weights
 from fashion_mnist_softmax.run.guards import DivergedLoss
 
 
@@ -54,9 +54,9 @@ class FusedDataModule(FashionMNISTDataModule):
         return DataLoader(ds, batch_size=None, sampler=StackedSampler(samplers))
 
 
-class FusedSGD(torch.optim.Optimizer):
-    """The chapter's :func:`~fashion_mnist_softmax.models.scratch.sgd`, each member with its own lr, momentum and weight
-    decay: tensors that broadcast over the members.
+class FusedSGD(SGD):
+    """The chapter's SGD, each member with its own lr, momentum and weight decay: tensors that broadcast over the
+    members.
 
     ``lr`` of the param group is a factor, 1 at the start, that a learning-rate scheduler changes for every
     member alike; a member's step is ``lr * member_lr``.
@@ -70,24 +70,14 @@ class FusedSGD(torch.optim.Optimizer):
         momentum: torch.Tensor,
         weight_decay: torch.Tensor,
     ) -> None:
-        super().__init__(params, {"lr": 1.0})
-        self.member = [
-            {"lr": lr.view(s), "momentum": momentum.view(s), "weight_decay": weight_decay.view(s)} for s in shapes
-        ]
+        super().__init__(params, lr=1.0)
+        self.member = {
+            p: (lr.view(s), momentum.view(s), weight_decay.view(s)) for p, s in zip(params, shapes, strict=True)
+        }
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        group = self.param_groups[0]
-        for p, member in zip(group["params"], self.member, strict=True):
-            state = self.state[p]
-            velocities = {p: state["velocity"]} if "velocity" in state else {}
-            lr = group["lr"] * member["lr"]
-            state["velocity"] = sgd([p], lr, member["momentum"], member["weight_decay"], velocities)[p]
-        return loss
+    def hyperparameters(self, group: dict[str, Any], p: torch.nn.Parameter) -> tuple[Any, Any, Any]:
+        lr, momentum, weight_decay = self.member[p]
+        return group["lr"] * lr, momentum, weight_decay
 
 
 class FusedSoftmaxRegression(L.LightningModule):

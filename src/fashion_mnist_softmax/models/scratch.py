@@ -81,11 +81,16 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            velocities = {p: self.state[p]["velocity"] for p in group["params"] if "velocity" in self.state[p]}
-            velocities = sgd(group["params"], group["lr"], group["momentum"], group["weight_decay"], velocities)
-            for p, v in velocities.items():
-                self.state[p]["velocity"] = v
+            for p in group["params"]:
+                state = self.state[p]
+                velocities = {p: state["velocity"]} if "velocity" in state else {}
+                if (v := sgd([p], *self.hyperparameters(group, p), velocities).get(p)) is not None:
+                    state["velocity"] = v
         return loss
+
+    def hyperparameters(self, group: dict[str, Any], p: nn.Parameter) -> tuple[Any, Any, Any]:
+        """The lr, momentum and weight decay of ``p``'s update."""
+        return group["lr"], group["momentum"], group["weight_decay"]
 
 
 def init_weights(num_inputs: int, num_outputs: int) -> torch.Tensor:

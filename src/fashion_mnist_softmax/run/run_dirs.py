@@ -39,7 +39,7 @@ def _given(config: DictConfig, key: str) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
 
 
-def prepare(config: DictConfig, kind: str, app: str | None) -> None:
+def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
     """Check ``config`` and give it a dir of its own: ``kind`` is "run" or "sweep"."""
     if kind == "run" and app in APPS:
         check_config(config, app)
@@ -69,17 +69,17 @@ def prepare(config: DictConfig, kind: str, app: str | None) -> None:
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
 
 
-class BeforeRun(Callback):
-    """Hydra callback: :func:`prepare` each run and each multirun before Hydra writes anything."""
+class CheckConfigAndClaimRunDir(Callback):
+    """Hydra callback: :func:`check_and_claim` each run and each multirun before Hydra writes anything."""
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         try:
-            prepare(config, "run", config_name)
+            check_and_claim(config, "run", config_name)
         except UserError as e:
             refuse(e)
 
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         try:
-            prepare(config, "sweep", config_name)
+            check_and_claim(config, "sweep", config_name)
         except UserError as e:
             refuse(e)
