@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -92,7 +95,9 @@ def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> 
     search = ["hparams_search=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}"]
     search.append("hydra.sweeper.study_name=resume")
     first, _ = run_multirun(tmp_path / "first", fake_archives, *search)
-    second, _ = run_multirun(tmp_path / "second", fake_archives, *search)
+    second, result = run_multirun(tmp_path / "second", fake_archives, *search)
+    for warning in ("FutureWarning", "DeprecationWarning", "ExperimentalWarning", "deprecated"):
+        assert warning not in result.stdout + result.stderr, "Optuna warns in a resumed search"
 
     study = optuna.load_study(study_name="resume", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -123,3 +128,24 @@ def test_tuned_experiment_is_a_linear_model_that_learns(tiny_cfg, impl: str) -> 
     metrics = train(cfg)
     assert metrics["impl"] == impl
     assert metrics[TEST_ACC] > 0.8
+
+
+def test_a_study_that_optuna_2_stored_resumes_after_its_storage_is_upgraded(tmp_path: Path, fake_archives: Path):
+    """``tests/fixtures/optuna-2.10-study.db``: two trials of ``hparams_search=optuna`` (study ``softmax``), stored by
+    optuna 2.10.1 through hydra-optuna-sweeper 1.3.0, with ``optim.lr`` as a ``LogUniformDistribution``."""
+    db = tmp_path / "optuna.db"
+    shutil.copy(ROOT / "tests" / "fixtures" / "optuna-2.10-study.db", db)
+    storage = f"sqlite:///{db}"
+    upgrade = subprocess.run(
+        [str(Path(sys.executable).parent / "optuna"), "storage", "upgrade", "--storage", storage],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}"]
+    run_multirun(tmp_path / "resumed", fake_archives, *search, "hydra.sweeper.study_name=softmax")
+    trials = optuna.load_study(study_name="softmax", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert trials[2].params["optim.lr"] not in (trials[0].params["optim.lr"], trials[1].params["optim.lr"])
+    assert trials[2].distributions["optim.lr"] == optuna.distributions.FloatDistribution(0.02, 0.5, log=True)

@@ -1,10 +1,13 @@
-"""The fused launcher's config, registered as ``hydra/launcher=fused``."""
+"""The plugins' configs, dataclasses in Hydra's ConfigStore: ``hydra/launcher=fused``, ``hydra/sweeper=optuna``
+and its samplers ``hydra/sweeper/sampler=tpe|random``."""
 
 # no "from __future__ import annotations": Hydra loads this module outside sys.modules, where dataclasses
 # cannot resolve string annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 
 @dataclass
@@ -14,6 +17,38 @@ class FusedLauncherConf:
     _target_: str = "hydra_plugins.fashion_mnist_softmax_sweeps.fused_launcher.FusedLauncher"
 
 
-ConfigStore.instance().store(
-    group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="fashion_mnist_softmax"
-)
+@dataclass
+class TPESamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: int | None = None
+    n_startup_trials: int = 10
+    multivariate: bool = False
+
+
+@dataclass
+class RandomSamplerConf:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: int | None = None
+
+
+@dataclass
+class OptunaSweeperConf:
+    """``hydra/sweeper=optuna``: the keys of Hydra's own Optuna sweeper."""
+
+    _target_: str = "hydra_plugins.fashion_mnist_softmax_sweeps.optuna_sweeper.OptunaSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: str = "minimize"  # or maximize
+    storage: str | None = None  # e.g. sqlite:///logs/optuna.db, where a search resumes; None: in memory
+    study_name: str | None = None
+    n_trials: int = 20  # new trials, each a job
+    n_jobs: int = 2  # trials asked and launched together, as one batch of jobs
+    max_failure_rate: float = 0.0  # the search stops once more than this fraction of its trials failed
+    params: dict[str, str] | None = None  # the search space, e.g. optim.lr: tag(log, interval(0.01, 1.0))
+
+
+store = ConfigStore.instance()
+store.store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="fashion_mnist_softmax")
+store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="fashion_mnist_softmax")
+store.store(group="hydra/sweeper/sampler", name="tpe", node=TPESamplerConf, provider="fashion_mnist_softmax")
+store.store(group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="fashion_mnist_softmax")

@@ -1,32 +1,39 @@
-"""Hydra's Optuna sweeper, which ends in one line and status 1 if a trial failed (``conf/hparams_search/optuna.yaml``).
+"""``hydra/sweeper=optuna`` (``conf/hparams_search/optuna.yaml``): an Optuna search on Optuna's ask-and-tell API.
 
-The sweeper tells Optuna that a failed trial FAILed and goes on while failures stay within its
-``max_failure_rate``, then ends as if all went well; and when no trial completed it cannot name a best
-trial, and raises a bare error. Hydra only warns when a callback raises, so the summary callback cannot
-end the command non-zero: this sweeper does, once the search is over and the summary written.
+It takes the keys of Hydra's own Optuna sweeper (``params`` in its ``choice``, ``range``, ``interval`` and
+``tag(log, ...)`` syntax, ``sampler``, ``direction``, ``storage``, ``study_name``, ``n_trials``, ``n_jobs``,
+``max_failure_rate``) and runs on current Optuna. A search goes on past failed trials, which Optuna records as
+FAIL, and ends in one line and status 1 if any trial failed, once its summary is written.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-
-from fashion_mnist_softmax.errors import JobFailed
-from fashion_mnist_softmax.run.metrics import METRICS_FILE
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, end_sweep, write_summary
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 
-class ContainedOptunaSweeper(OptunaSweeper):
-    def sweep(self, arguments: list[str]) -> Any:
-        sweep_dir = Path(self.sweeper.sweep_dir)
-        try:
-            result = super().sweep(arguments)
-        except ValueError:  # Optuna's "no best trial", in its storage's words
-            if list(sweep_dir.glob(f"*/{METRICS_FILE}")):
-                raise
-            write_summary(sweep_dir, self.sweeper.config, final=True)
-            raise JobFailed(f"Every trial of the search failed: see {sweep_dir / SUMMARY_MD}.") from None
-        end_sweep(sweep_dir, self.sweeper.config)  # JobFailed, in one line, if some trials failed
-        return result
+class OptunaSweeper(Sweeper):
+    def __init__(
+        self,
+        sampler: Any,
+        direction: str,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        params: DictConfig | None,
+    ) -> None:
+        self.sampler, self.direction, self.storage, self.study_name = sampler, direction, storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate, self.params = n_trials, n_jobs, max_failure_rate, params
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def sweep(self, arguments: list[str]) -> None:
+        from . import _optuna  # Optuna, only when a search runs
+
+        _optuna.sweep(self, arguments)

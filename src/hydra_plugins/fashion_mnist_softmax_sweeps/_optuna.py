@@ -1,0 +1,101 @@
+"""The Optuna sweeper's work, imported when a search starts: Optuna's ask-and-tell loop around Hydra's launcher.
+
+Each batch of ``n_jobs`` trials is asked of the study, launched as one batch of jobs (so that the fused
+launcher trains it as one population), and told: a job's return value completes its trial, a failed job
+FAILs it. The study lives in ``storage`` (sqlite: a search resumes, and several commands share one study).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from fashion_mnist_softmax.errors import JobFailed
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, end_sweep, write_summary
+
+from .optuna_sweeper import OptunaSweeper
+
+log = logging.getLogger(__name__)
+
+
+def distribution(override: Override) -> BaseDistribution | str:
+    """The distribution that a sweep override names, in the official sweeper's syntax; a plain value as it is.
+
+    ``choice(a, b)``: categorical; ``range(a, b, step)``: integers, or floats with a float in it, upper bound
+    excluded; ``interval(a, b)``: uniform, integers if both bounds are; ``tag(log, interval(a, b))``: log-uniform.
+    """
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    if override.is_choice_sweep() or (override.is_range_sweep() and override.value().shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    value = override.value()
+    if override.is_range_sweep():
+        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
+            return FloatDistribution(value.start, value.stop - value.step, step=value.step)
+        return IntDistribution(int(value.start), int(value.stop) - int(value.step), step=int(value.step))
+    if override.is_interval_sweep():
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(value.start, value.end, log=log_scale)
+    raise ValueError(f"{override.input_line} is not a search space Optuna knows")
+
+
+def search_space(params: dict[str, str], arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """The searched parameters and the fixed ones, from ``hydra.sweeper.params`` and the command line (which wins)."""
+    lines = [f"{key}={value}" for key, value in params.items()] + list(arguments)
+    space, fixed = {}, {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        found, key = distribution(override), override.get_key_element()
+        space.pop(key, None), fixed.pop(key, None)
+        (space if isinstance(found, BaseDistribution) else fixed)[key] = found
+    return space, fixed
+
+
+def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
+    config = sweeper.config
+    launcher = Plugins.instance().instantiate_launcher(
+        config=config, hydra_context=sweeper.hydra_context, task_function=sweeper.task_function
+    )
+    space, fixed = search_space(dict(sweeper.params or {}), arguments)
+    sampler = sweeper.sampler if isinstance(sweeper.sampler, optuna.samplers.BaseSampler) else None
+    study = optuna.create_study(
+        study_name=sweeper.study_name,
+        storage=sweeper.storage,
+        sampler=sampler,
+        direction=sweeper.direction,
+        load_if_exists=True,
+    )
+    log.info(f"Study {study.study_name} in {sweeper.storage or 'memory'}: {sweeper.n_trials} new trials")
+    sweep_dir, job_idx, failed = Path(config.hydra.sweep.dir), 0, 0
+    while job_idx < sweeper.n_trials:
+        trials = [study.ask(space) for _ in range(min(sweeper.n_jobs, sweeper.n_trials - job_idx))]
+        overrides = [[f"{key}={value}" for key, value in {**trial.params, **fixed}.items()] for trial in trials]
+        returns = launcher.launch(overrides, initial_job_idx=job_idx)
+        job_idx += len(returns)
+        for trial, ret in zip(trials, returns, strict=True):
+            value = ret.return_value if ret.status == JobStatus.COMPLETED else None  # None: no validation ran
+            if value is not None:
+                study.tell(trial, float(value))
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                failed += 1
+        if failed / job_idx > sweeper.max_failure_rate:
+            break
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        best = study.best_trial
+        log.info(f"Best trial {best.number}: value {best.value}, parameters {best.params}")
+        results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+    if failed == job_idx:
+        write_summary(sweep_dir, config, final=True)
+        raise JobFailed(f"Every trial of the search failed: see {sweep_dir / SUMMARY_MD}.")
+    end_sweep(sweep_dir, config)  # JobFailed, in one line, if some trials failed
