@@ -1,11 +1,12 @@
-# make install | train ARGS="impl=scratch" | test | bench | lint | format | tensorboard | clean
+# make install | train ARGS="impl=scratch" | test | bench | lint | format | tensorboard | dashboard DB=... | clean
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
+DB ?= logs/optuna.db
 
-.PHONY: install train test bench lint format tensorboard clean
+.PHONY: install train test bench lint format tensorboard dashboard clean
 
 install: $(STAMP)
 
@@ -14,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tracking]"
 	touch $(STAMP)
 
 train: install
@@ -37,6 +38,10 @@ format: install
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs --host 127.0.0.1
+
+# the Optuna dashboard of a study's sqlite file: make dashboard DB=logs/optuna.db
+dashboard: install
+	$(BIN)/optuna-dashboard sqlite:///$(DB) --host 127.0.0.1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

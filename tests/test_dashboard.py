@@ -1,0 +1,59 @@
+"""optuna-dashboard (``make dashboard DB=...``) serves a study's trials over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def test_the_dashboard_serves_a_study_and_its_trials(tmp_path: Path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="softmax", storage=storage, direction="maximize")
+    lr = optuna.distributions.FloatDistribution(0.02, 0.5, log=True)
+    for value in (0.8, 0.85):
+        trial = study.ask({"optim.lr": lr})
+        study.tell(trial, value)
+    port = free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen(
+        [str(dashboard), storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while studies is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                studies = get(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, server.stderr.read().decode() if server.poll() is not None else "no answer"
+        assert [(s["study_name"], s["directions"]) for s in studies] == [("softmax", ["maximize"])]
+        trials = get(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}?after=0")["trials"]
+        assert [(t["number"], t["state"], t["values"]) for t in trials] == [
+            (0, "Complete", [0.8]),
+            (1, "Complete", [0.85]),
+        ]
+        assert [t["params"][0]["name"] for t in trials] == ["optim.lr", "optim.lr"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode is not None
