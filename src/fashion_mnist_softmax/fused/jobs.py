@@ -39,6 +39,7 @@ from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, run_metrics
 from fashion_mnist_softmax.run.inspection import Figures, HParams
 from fashion_mnist_softmax.run.metrics import (
+    CURVES,
     METRICS_FILE,
     TEST_ACC,
     TEST_LOSS,
@@ -48,6 +49,7 @@ from fashion_mnist_softmax.run.metrics import (
     VAL_ACC,
     VAL_ACC_BEST,
     VAL_LOSS,
+    WEIGHTS,
 )
 from fashion_mnist_softmax.run.progress import ParameterSummary
 from fashion_mnist_softmax.run.training import instantiate_all
@@ -179,8 +181,8 @@ class MemberOutputs(L.Callback):
     """Hands each member's share of the population's values to its callbacks and loggers, every epoch and after
     testing, as a lone run's Lightning hooks hand them theirs."""
 
-    def __init__(self, members: list[Member], data_state: Any) -> None:
-        self.members, self.data_state = members, data_state
+    def __init__(self, members: list[Member], data_state: Any, figs: dict[str, Any]) -> None:
+        self.members, self.data_state, self.figs = members, data_state, figs
         self.drawn = [member for member in members if member.figures is not None]
         self._start, self._time, self._images = 0.0, None, 0
         self._confusion: torch.Tensor | None = None
@@ -251,6 +253,8 @@ class MemberOutputs(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         for member in self._alive(module, self.drawn):
             member.figures.draw_curves(member.loggers, member.summary.history)
+        for name in (WEIGHTS, CURVES):  # drawn for the last time: freed before the test figures are drawn
+            self.figs.pop(name, None)
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         self._confusion = torch.zeros(len(self.members) * 100, dtype=torch.long, device=module.device)
@@ -322,7 +326,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
         members[0].guard.losses.check_every,
     )
     datamodule.setup("fit")
-    outputs = MemberOutputs(members, datamodule.state_dict())
+    outputs = MemberOutputs(members, datamodule.state_dict(), figs)
     trainer_args = {k: v for k, v in base["trainer"].items() if k not in ("_target_", "default_root_dir")}
     trainer = L.Trainer(
         **trainer_args,
