@@ -70,6 +70,7 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_
         ("optim.lr=abc", "optim.lr='abc' is not valid: it must be a number greater than 0"),
         ("data.batch_size=1.5", "data.batch_size=1.5 is not valid: it must be a whole number of at least 1"),
         ("optim=adam +optim.momentum=0.9", "optim (torch.optim.Adam) takes lr, betas, eps, weight_decay"),
+        ("-m +optim.lrr=0.1 seed=1,2", "optim.lrr is not a setting of this run: did you mean optim.lr?"),
     ],
 )
 def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(tmp_path, override, phrase):
