@@ -149,3 +149,23 @@ def test_a_study_that_optuna_2_stored_resumes_after_its_storage_is_upgraded(tmp_
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert trials[2].params["optim.lr"] not in (trials[0].params["optim.lr"], trials[1].params["optim.lr"])
     assert trials[2].distributions["optim.lr"] == optuna.distributions.FloatDistribution(0.02, 0.5, log=True)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("a=choice(1,2)", optuna.distributions.CategoricalDistribution([1, 2])),
+        ("a=range(1,10,4)", optuna.distributions.IntDistribution(1, 9, step=4)),
+        ("a=range(0,1,0.3)", optuna.distributions.FloatDistribution(0.0, 0.9, step=0.3)),
+        ("a=interval(0.1,0.5)", optuna.distributions.FloatDistribution(0.1, 0.5)),
+        ("a=tag(log, interval(0.02, 0.5))", optuna.distributions.FloatDistribution(0.02, 0.5, log=True)),
+        ("a=tag(int, interval(5, 20))", optuna.distributions.IntDistribution(5, 20)),
+        ("a=0.3", "0.3"),
+    ],
+)
+def test_the_sweepers_search_space_syntax_gives_current_optuna_distributions(line, expected):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.fashion_mnist_softmax_sweeps._optuna import distribution
+
+    assert distribution(OverridesParser.create().parse_overrides([line])[0]) == expected

@@ -22,9 +22,10 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from fashion_mnist_softmax.config.schema import APPS, TARGETS
 from fashion_mnist_softmax.data.images import image_files
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.run.checkpoints import check_checkpoint, existing_checkpoint
+from fashion_mnist_softmax.run.checkpoints import check_checkpoint
 
 FASHION_MNIST_TRAIN_SIZE, FASHION_MNIST_TEST_SIZE = 60000, 10000
+ALWAYS = ("epoch_summary", "stop_on_diverged_loss", "best_checkpoint", "last_checkpoint")  # train() needs them
 SCRATCH = "fashion_mnist_softmax.models.scratch.ScratchSoftmaxRegression"
 SCRATCH_SGD = "fashion_mnist_softmax.models.scratch.SGD"
 
@@ -116,12 +117,20 @@ def typed(cfg: DictConfig, app: str) -> DictConfig:
     return out
 
 
-def _check_rules(cfg: DictConfig) -> None:
+def _check_rules(cfg: DictConfig, given: DictConfig) -> None:
+    """Each rule on its typed value; and the value as given of the same type (the schema would read ``no`` as
+    false and ``'5'`` as 5, where the run itself gets the string)."""
     for key, (check, expected) in RULES.items():
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf in node and not check(value := node[leaf]):
-            raise invalid(key, value, expected)
+        if isinstance(node, DictConfig) and leaf in node:
+            value, raw = node[leaf], OmegaConf.select(given, key)
+            if (
+                not check(value)
+                or isinstance(value, bool) != isinstance(raw, bool)
+                or isinstance(raw, str) != isinstance(value, str)
+            ):
+                raise invalid(key, raw, expected)
 
 
 def _check_batch_fractions(cfg: DictConfig, stages: tuple[str, ...]) -> None:
@@ -175,11 +184,15 @@ def _given_checkpoint(cfg: DictConfig, resume_impl: str | None = None) -> None:
             "No checkpoint given: add ckpt_path=<run dir>/checkpoints/last.ckpt (training runs are under "
             "logs/train/runs/)."
         )
-    existing_checkpoint(cfg.ckpt_path)
     check_checkpoint(cfg.ckpt_path, resume_impl, resume=resume_impl is not None)
 
 
 def _check_train(cfg: DictConfig) -> None:
+    if missing := [name for name in ALWAYS if name not in (cfg.callbacks or {})]:
+        raise UserError(
+            f"The run lacks the callbacks {', '.join(missing)}, which every run has (conf/callbacks/always.yaml): "
+            f"the epoch history and the checkpoints come from them. Leave them in callbacks."
+        )
     n_train = (cfg.data.expected_sizes or {}).get("train") or FASHION_MNIST_TRAIN_SIZE
     if not 0 <= cfg.data.val_size < n_train:
         raise invalid(
@@ -246,5 +259,5 @@ COMBINATIONS: dict[str, Callable[[DictConfig], None]] = {
 def check_config(cfg: DictConfig, app: str) -> None:
     """Refuse, as a :class:`UserError`, a config of ``app`` (train, eval or predict) that cannot run as asked."""
     checked = typed(cfg, app)
-    _check_rules(checked)
+    _check_rules(checked, cfg)
     COMBINATIONS[app](checked)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-# OmegaConf reads these annotations at run time: Optional[...] and Dict[...], not the | and dict[...] forms
+# OmegaConf reads these annotations at run time, where it takes Optional[...] but not X | None
 # ruff: noqa: UP045
 
 

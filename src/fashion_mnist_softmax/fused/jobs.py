@@ -63,6 +63,7 @@ SGD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SGDConfig) if f.na
 DATA_MODULE = "fashion_mnist_softmax.data.datamodule.FashionMNISTDataModule"
 # the callbacks whose work a fused member does through them; a job with any other runs alone
 DRIVEN = (EpochSummary, StopOnDivergedLoss, SaveOnInterrupt, ModelCheckpoint, LearningRateMonitor, Figures, HParams)
+REQUIRED = (EpochSummary, StopOnDivergedLoss, ModelCheckpoint)  # what a member's outputs are written through
 QUIET = (ProgressBar, ParameterSummary)  # what a lone run prints: a fused group prints one line an epoch instead
 # schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
 SCALING_SCHEDULERS = tuple(
@@ -78,11 +79,11 @@ def _drop(cfg: dict[str, Any], dotted: str) -> None:
     cfg.pop(last, None)
 
 
-def group_key(cfg: dict[str, Any]) -> str:
-    """What a job shares with the members of its group: its resolved config without the member keys, and without
-    its callbacks and loggers, which each member makes from its own config."""
-    shared = copy.deepcopy(cfg)
-    for key in (*MEMBER_KEYS, "callbacks", "logger"):
+def group_key(cfg: dict[str, Any], written: dict[str, Any]) -> str:
+    """What a job shares with the members of its group: its resolved config without the member keys, its callbacks
+    and loggers as written (``written``: unresolved), where ``${optim.lr}`` is one value for every member."""
+    shared = copy.deepcopy(cfg) | {key: written.get(key) for key in ("callbacks", "logger")}
+    for key in MEMBER_KEYS:
         _drop(shared, key)
     if shared.get("optim", {}).get("_target_") in SGDS:
         _drop(shared, "optim._target_")  # the hand-written SGD and torch's take the same steps
@@ -124,9 +125,17 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "a step or batch limit"
     if cfg.get("ckpt_path"):
         return "a resumed run"
-    for node in (cfg.get("callbacks") or {}).values():
-        if node and not issubclass(get_class(node["_target_"]), DRIVEN + QUIET):
-            return f"the callback {node['_target_']}, which a fused group cannot run for each of its jobs"
+    targets = [node["_target_"] for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node]
+    try:
+        classes = [get_class(target) for target in targets]
+    except Exception as e:  # the job, run alone, fails alone
+        return f"a callback that cannot be found ({type(e).__name__})"
+    if other := [t for t, cls in zip(targets, classes, strict=True) if not issubclass(cls, DRIVEN + QUIET)]:
+        return f"the callback {other[0]}, which a fused group cannot run for each of its jobs"
+    if not all(any(issubclass(cls, needed) for cls in classes) for needed in REQUIRED):
+        return "it lacks a callback that every run has (conf/callbacks/always.yaml)"
+    if cfg.get("test_ckpt") not in ("best", "last"):
+        return "test_ckpt names a checkpoint of its own"
     scheduler = cfg.get("scheduler")
     if scheduler and (scheduler["_target_"] not in SCALING_SCHEDULERS or scheduler.get("eta_min")):
         return f"the scheduler {scheduler['_target_']} does not scale every member's lr by one factor"

@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.config.schema import APPS
 from fashion_mnist_softmax.console import paragraph, refuse
 from fashion_mnist_softmax.errors import JobFailed, UserError
 
@@ -46,8 +47,8 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> T:
         try:
-            if in_multirun():
-                check_config(cfg, HydraConfig.get().job.config_name)
+            if in_multirun() and (app := HydraConfig.get().job.config_name) in APPS:
+                check_config(cfg, app)
             return fn(cfg)
         except Exception as e:
             if not in_multirun():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from matplotlib.figure import Figure
@@ -47,7 +48,8 @@ class Figures(L.Callback):
     ``samples`` (the first training images) when training starts, ``weights`` (the templates) at
     every epoch's end, ``curves`` (from the epoch history) when fitting ends, and, from the classes that
     ``test_step`` returns, ``predictions`` and ``confusion`` after testing. Each figure is drawn once and
-    redrawn in place; ``figs`` holds them, and the members of a fused sweep share one ``figs``.
+    redrawn in place; ``figs`` holds them (and the samples' rendered image), and the members of a fused sweep
+    share one ``figs``.
     """
 
     curves = (TRAIN_LOSS, TRAIN_ACC, VAL_ACC)
@@ -58,17 +60,19 @@ class Figures(L.Callback):
         self._confusion: MulticlassConfusionMatrix | None = None
         self._shown: list[tuple[torch.Tensor, ...]] = []
 
-    def publish(self, loggers: Sequence[Logger], name: str, fig: Figure, step: int = 0) -> None:
-        """Render once; log the image to TensorBoard and save it as a PNG."""
-        image = figures.render(fig)
+    def publish(self, loggers: Sequence[Logger], name: str, fig: Figure | np.ndarray, step: int = 0) -> None:
+        """Render once (unless given the rendered image); log the image to TensorBoard and save it as a PNG."""
+        image = fig if isinstance(fig, np.ndarray) else figures.render(fig)
         for logger in _tensorboards(loggers):
             logger.experiment.add_image(name, image, step, dataformats="HWC")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(self.out_dir / f"{name}.png")
 
     def draw_samples(self, loggers: Sequence[Logger], dataset: Any) -> None:
-        images, labels = dataset[torch.arange(min(self.num_samples, len(dataset)))]
-        self.publish(loggers, SAMPLES, figures.samples_figure(images, labels))
+        if SAMPLES not in self.figs:  # the same images for every member of a fused sweep: rendered once
+            images, labels = dataset[torch.arange(min(self.num_samples, len(dataset)))]
+            self.figs[SAMPLES] = figures.render(figures.samples_figure(images, labels))
+        self.publish(loggers, SAMPLES, self.figs[SAMPLES])
 
     def draw_weights(self, loggers: Sequence[Logger], templates: torch.Tensor, epoch: int) -> None:
         self.figs[WEIGHTS] = figures.weights_figure(templates, fig=self.figs.get(WEIGHTS))

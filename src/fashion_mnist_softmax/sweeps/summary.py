@@ -6,7 +6,7 @@ number; when the sweep varies ``seed``, also the mean ± std over seeds of every
 failed job ends the sweep, and when the multirun ends. A sweep with a failed job ends non-zero through its
 sweeper, never through this callback, whose exceptions Hydra only warns about: Hydra's basic sweeper raises
 the failed job's :class:`JobFailed`, and the Optuna sweeper, which goes on past failed trials, calls
-:func:`end_sweep` (``hydra_plugins/fashion_mnist_softmax_sweeps/optuna_sweeper.py``).
+:func:`end_sweep` (``hydra_plugins/fashion_mnist_softmax_sweeps/_optuna.py``).
 """
 
 from __future__ import annotations

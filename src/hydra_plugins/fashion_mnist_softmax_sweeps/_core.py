@@ -34,11 +34,13 @@ class _NoCallbacks:
 
 @dataclasses.dataclass
 class _Job:
-    """A job: its config with the hydra node (as Hydra's callbacks take it), its return, its resolved task config."""
+    """A job: its config with the hydra node (as Hydra's callbacks take it), its return, its task config resolved
+    and as written."""
 
     config: DictConfig
     ret: JobReturn
     resolved: dict[str, Any]
+    written: dict[str, Any]
 
 
 def _run_job(config: DictConfig, task_function: TaskFunction, context: HydraContext) -> JobReturn:
@@ -56,10 +58,13 @@ def _prepare(launcher: FusedLauncher, overrides: Sequence[str], idx: int) -> _Jo
     config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(config):
         config.hydra.job.id = config.hydra.job.num = idx
-    resolved: list[dict[str, Any]] = []
-    context = dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks())
-    ret = _run_job(config, lambda cfg: resolved.append(OmegaConf.to_container(cfg, resolve=True)), context)
-    return _Job(config, ret, resolved[0])
+    task: list[dict[str, Any]] = []
+
+    def keep(cfg: DictConfig) -> None:
+        task.extend(OmegaConf.to_container(cfg, resolve=resolve) for resolve in (True, False))
+
+    ret = _run_job(config, keep, dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks()))
+    return _Job(config, ret, *task)
 
 
 def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
@@ -74,7 +79,7 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     for job in jobs:
         reason = why_not_fused(job.resolved)
         if reason is None:
-            groups.setdefault(group_key(job.resolved), []).append(job)
+            groups.setdefault(group_key(job.resolved, job.written), []).append(job)
         else:  # it runs alone, as under the basic launcher
             log.info(f"Job {job.config.hydra.job.num} runs alone: {reason}")
             job.ret = _run_job(job.config, launcher.task_function, launcher.hydra_context)

@@ -8,6 +8,7 @@ FAILs it. The study lives in ``storage`` (sqlite: a search resumes, and several 
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from pathlib import Path
 
 import optuna
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 def distribution(override: Override) -> BaseDistribution | str:
     """The distribution that a sweep override names, in the official sweeper's syntax; a plain value as it is.
 
-    ``choice(a, b)``: categorical; ``range(a, b, step)``: integers, or floats with a float in it, upper bound
-    excluded; ``interval(a, b)``: uniform, integers if both bounds are; ``tag(log, interval(a, b))``: log-uniform.
+    ``choice(a, b)``: categorical; ``range(a, b, step)``: its values, integers or floats with a float in it;
+    ``interval(a, b)``: uniform; ``tag(log, interval(a, b))``: log-uniform; ``tag(int, ...)``: integers.
     """
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
@@ -38,13 +39,15 @@ def distribution(override: Override) -> BaseDistribution | str:
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
     value = override.value()
     if override.is_range_sweep():
-        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
-            return FloatDistribution(value.start, value.stop - value.step, step=value.step)
-        return IntDistribution(int(value.start), int(value.stop) - int(value.step), step=int(value.step))
+        n = len(list(override.sweep_iterator()))
+        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):  # the last value, unrounded
+            last = float(Decimal(str(value.start)) + Decimal(str(value.step)) * (n - 1))
+            return FloatDistribution(value.start, last, step=value.step)
+        return IntDistribution(int(value.start), int(value.start + value.step * (n - 1)), step=int(value.step))
     if override.is_interval_sweep():
         log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
+        if "int" in value.tags:
+            return IntDistribution(int(value.start), int(value.end), log=log_scale)
         return FloatDistribution(value.start, value.end, log=log_scale)
     raise ValueError(f"{override.input_line} is not a search space Optuna knows")
 
@@ -79,7 +82,12 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     while job_idx < sweeper.n_trials:
         trials = [study.ask(space) for _ in range(min(sweeper.n_jobs, sweeper.n_trials - job_idx))]
         overrides = [[f"{key}={value}" for key, value in {**trial.params, **fixed}.items()] for trial in trials]
-        returns = launcher.launch(overrides, initial_job_idx=job_idx)
+        try:
+            returns = launcher.launch(overrides, initial_job_idx=job_idx)
+        except BaseException:  # Ctrl-C, SIGTERM: the batch's trials end as FAIL, never RUNNING
+            for trial in trials:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         job_idx += len(returns)
         for trial, ret in zip(trials, returns, strict=True):
             value = ret.return_value if ret.status == JobStatus.COMPLETED else None  # None: no validation ran
@@ -95,7 +103,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
         log.info(f"Best trial {best.number}: value {best.value}, parameters {best.params}")
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-    if failed == job_idx:
+    if job_idx and failed == job_idx:
         write_summary(sweep_dir, config, final=True)
         raise JobFailed(f"Every trial of the search failed: see {sweep_dir / SUMMARY_MD}.")
     end_sweep(sweep_dir, config)  # JobFailed, in one line, if some trials failed
