@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from fashion_mnist_softmax.config.schema import APPS, TARGETS
+from fashion_mnist_softmax.config.schema import APPS, TARGETS, ScratchSGDConfig
 from fashion_mnist_softmax.data.images import image_files
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.run.checkpoints import check_checkpoint
@@ -27,7 +27,7 @@ from fashion_mnist_softmax.run.checkpoints import check_checkpoint
 FASHION_MNIST_TRAIN_SIZE, FASHION_MNIST_TEST_SIZE = 60000, 10000
 ALWAYS = ("epoch_summary", "stop_on_diverged_loss", "best_checkpoint", "last_checkpoint")  # train() needs them
 SCRATCH = "fashion_mnist_softmax.models.scratch.ScratchSoftmaxRegression"
-SCRATCH_SGD = "fashion_mnist_softmax.models.scratch.SGD"
+SCRATCH_SGD = ScratchSGDConfig._target_
 
 
 def _whole(v: Any) -> bool:

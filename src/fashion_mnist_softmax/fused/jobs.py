@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from fashion_mnist_softmax import console
 from fashion_mnist_softmax.config.checks import check_config
-from fashion_mnist_softmax.config.schema import SGDConfig
+from fashion_mnist_softmax.config.schema import DataConfig, ScratchSGDConfig, SGDConfig
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
@@ -36,7 +36,7 @@ from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.models.classifier import Classifier
 from fashion_mnist_softmax.run.checkpoints import save_weights
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
-from fashion_mnist_softmax.run.history import EpochSummary, run_metrics
+from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
 from fashion_mnist_softmax.run.inspection import Figures, HParams
 from fashion_mnist_softmax.run.metrics import (
     CURVES,
@@ -56,11 +56,11 @@ from fashion_mnist_softmax.run.training import instantiate_all
 
 # what the members of one group may differ in; every other key of their configs must be equal
 MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "data.shuffle_seed", "impl", "paths")
-SGDS = ("torch.optim.SGD", "fashion_mnist_softmax.models.scratch.SGD")
+SGDS = (SGDConfig._target_, ScratchSGDConfig._target_)
 FUSED_SGD_KEYS = ("_target_", "lr", "momentum", "weight_decay")  # the options the fused SGD applies per member
 # torch.optim.SGD's other options at their defaults, which take the fused SGD's steps; any other value does not
 SGD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SGDConfig) if f.name not in FUSED_SGD_KEYS}
-DATA_MODULE = "fashion_mnist_softmax.data.datamodule.FashionMNISTDataModule"
+DATA_MODULE = DataConfig._target_
 # the callbacks whose work a fused member does through them; a job with any other runs alone
 DRIVEN = (EpochSummary, StopOnDivergedLoss, SaveOnInterrupt, ModelCheckpoint, LearningRateMonitor, Figures, HParams)
 REQUIRED = (EpochSummary, StopOnDivergedLoss, ModelCheckpoint)  # what a member's outputs are written through
@@ -215,7 +215,7 @@ class MemberOutputs(L.Callback):
         self._images += batch[1].shape[-1]
 
     def on_validation_epoch_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+        if fit_validation(trainer):
             self._time = self._time or time.perf_counter() - self._start
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
