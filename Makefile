@@ -1,12 +1,13 @@
-# make install | train ARGS="impl=scratch" | test | bench | lint | format | tensorboard | dashboard DB=... | clean
+# make install | train ARGS="impl=scratch" | test | bench | lint | format | tensorboard | dashboard DB=... | mlflow | clean
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 DB ?= logs/optuna.db
+MLFLOW_UI := $(VENV)/.mlflow-ui-stamp
 
-.PHONY: install train test bench lint format tensorboard dashboard clean
+.PHONY: install train test bench lint format tensorboard dashboard mlflow clean
 
 install: $(STAMP)
 
@@ -42,6 +43,14 @@ tensorboard: install
 # the Optuna dashboard of a study's sqlite file: make dashboard DB=logs/optuna.db
 dashboard: install
 	$(BIN)/optuna-dashboard sqlite:///$(DB) --host 127.0.0.1
+
+# the MLflow UI of logs/mlflow.db (logger=mlflow); its first use installs the UI, the mlflow package (about 550 MB)
+mlflow: $(MLFLOW_UI)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath logs/mlflow.db) --host 127.0.0.1
+
+$(MLFLOW_UI): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tracking,mlflow-ui]"
+	touch $(MLFLOW_UI)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

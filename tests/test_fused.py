@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from logger_stores import Logged, mlflow_runs, wandb_run
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,6 +44,8 @@ from fashion_mnist_softmax.run.training import train
 from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV
 
 from conftest import run_script, tiny_overrides
+
+FIGURES = (SAMPLES, WEIGHTS, CURVES, CONFUSION, PREDICTIONS)
 
 # 32 jobs: impl x lr x momentum x weight decay x seed, at learning rates where training is stable (README)
 GRID = {
@@ -136,22 +139,52 @@ def logged(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return found | {f"image {tag}": [(e.step, e.width) for e in events.Images(tag)] for tag in events.Tags()["images"]}
 
 
+def assert_same_scalars(together: Logged, alone: Logged, store: str) -> None:
+    """The same tags at the same steps with the same values (within the fused arithmetic's tolerance)."""
+    timed = (TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT, "epoch")  # clocks, and the epoch Lightning adds to each write
+    assert together.keys() == alone.keys() and "train/loss_step" in alone and "lr-SGD" in alone, store
+    assert {VAL_ACC, TEST_ACC} <= alone.keys(), store
+    for tag in alone.keys() - set(timed):
+        assert [s for s, _ in together[tag]] == [s for s, _ in alone[tag]], (store, tag)
+        assert [v for _, v in together[tag]] == pytest.approx([v for _, v in alone[tag]], abs=1e-4), (store, tag)
+
+
 def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_cfg, tmp_path):
+    """To every logger: TensorBoard, MLflow's sqlite store and W&B offline, combined as logger=[...] combines them."""
+    loggers, logs = "logger=[tensorboard,mlflow,wandb]", tmp_path / "logs"
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
-    common = [o for o in common if o != "callbacks=none"] + ["callbacks=inspection"]
-    args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp_path / 'logs'}", "optim.lr=0.05,0.1"]
+    common = [o for o in common if o != "callbacks=none"] + ["callbacks=inspection", loggers]
+    args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={logs}", "optim.lr=0.05,0.1"]
     result = run_script("train.py", *args, "seed=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-    train(tiny_cfg("callbacks=inspection", "optim.lr=0.1", "seed=2", f"paths.output_dir={tmp_path / 'alone'}"))
-    together, alone = logged(sweep / "3"), logged(tmp_path / "alone")
-    timed = (TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT, "epoch")  # clocks, and the epoch Lightning adds to each write
-    assert together.keys() == alone.keys() and "train/loss_step" in alone and "lr-SGD" in alone
-    for tag in alone.keys() - set(timed):
-        assert [s for s, _ in together[tag]] == [s for s, _ in alone[tag]], tag
-        assert [v for _, v in together[tag]] == pytest.approx([v for _, v in alone[tag]], abs=1e-4), tag
-    for name in (SAMPLES, WEIGHTS, CURVES, CONFUSION, PREDICTIONS):
-        pixels = [np.asarray(Image.open(d / "figures" / f"{name}.png")) for d in (sweep / "3", tmp_path / "alone")]
+    (sweep,) = (logs / "train" / "multiruns").iterdir()
+    alone_dir = tmp_path / "alone"
+    train(
+        tiny_cfg(
+            "callbacks=inspection",
+            "optim.lr=0.1",
+            "seed=2",
+            loggers,
+            f"paths.log_dir={logs}",
+            f"paths.output_dir={alone_dir}",
+        )
+    )
+    assert_same_scalars(logged(sweep / "3"), logged(alone_dir), "tensorboard")
+
+    runs = mlflow_runs(logs / "mlflow.db")
+    assert len(runs) == 5 and {run["status"] for run in runs.values()} == {"FINISHED"}
+    together, alone = runs[str(sweep / "3")], runs[str(alone_dir)]
+    assert_same_scalars(together["metrics"], alone["metrics"], "mlflow")
+    assert together["params"] == alone["params"] and {"lr", "optimizer/lr", "impl"} <= alone["params"].keys()
+    assert together["artifacts"] == alone["artifacts"] == sorted(f"{name}.png" for name in FIGURES)
+
+    together, alone = wandb_run(sweep / "3"), wandb_run(alone_dir)
+    assert_same_scalars(together["metrics"], alone["metrics"], "wandb")
+    assert together["config"] == alone["config"] and {"lr", "optimizer", "impl"} <= alone["config"]
+    assert together["images"] == alone["images"] and set(alone["images"]) == set(FIGURES)
+    assert together["exit_code"] == alone["exit_code"] == 0
+    for name in FIGURES:
+        pixels = [np.asarray(Image.open(d / "figures" / f"{name}.png")) for d in (sweep / "3", alone_dir)]
         assert pixels[0].shape == pixels[1].shape and np.abs(pixels[0].astype(int) - pixels[1]).max() <= 2, name
 
 

@@ -39,6 +39,11 @@ def _not_lightning_info(record: logging.LogRecord) -> bool:
     return not record.getMessage().lstrip().startswith(LIGHTNING_INFO)
 
 
+def _not_new_experiment(record: logging.LogRecord) -> bool:
+    """MLflow's experiment for a task is made by its first run, which is no cause for a warning."""
+    return not record.getMessage().startswith("Experiment with name")
+
+
 def quiet() -> None:
     """Silence those messages in this process."""
     # torch 2.15 deprecates a pytree class that Lightning 2.6 still uses internally
@@ -47,3 +52,7 @@ def quiet() -> None:
         logger = logging.getLogger(name)
         if _not_lightning_info not in logger.filters:
             logger.addFilter(_not_lightning_info)
+    mlflow_logger = logging.getLogger("lightning.pytorch.loggers.mlflow")
+    if _not_new_experiment not in mlflow_logger.filters:
+        mlflow_logger.addFilter(_not_new_experiment)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # the store's tables made on first use

@@ -34,6 +34,7 @@ from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
 from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.models.classifier import Classifier
+from fashion_mnist_softmax.run import loggers
 from fashion_mnist_softmax.run.checkpoints import save_weights
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
@@ -174,12 +175,15 @@ class Member:
         """The member's W (784, 10) and b (10,), copied to the CPU."""
         return module.W.detach()[:, self.k].cpu().clone(), module.b.detach()[self.k].cpu().clone()
 
+    def model_hparams(self) -> dict[str, Any]:
+        """The hparams its lone run's model would have: the impl's, with the member's own optimizer and scheduler."""
+        return {**self.model.hparams, **{key: self.cfg["impl"][key] for key in ("optimizer", "scheduler")}}
+
     def save(self, path: str, weights: tuple[torch.Tensor, torch.Tensor], data_state: dict, epoch: int, step: int):
-        """A weights-only checkpoint of the member's own impl, its own optimizer and scheduler in its hparams."""
+        """A weights-only checkpoint of the member's own impl, with its own hparams."""
         self.model.load_weights(*weights)
         self.model.val_acc_best.max_value.fill_(self.best)
-        hparams = {**self.model.hparams, **{key: self.cfg["impl"][key] for key in ("optimizer", "scheduler")}}
-        save_weights(Path(path), self.model, hparams, data_state, epoch, step)
+        save_weights(Path(path), self.model, self.model_hparams(), data_state, epoch, step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for logger in self.loggers:
@@ -201,6 +205,9 @@ class MemberOutputs(L.Callback):
         return [member for member in (self.members if members is None else members) if module.alive[member.k]]
 
     def on_train_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
+        for member in self.members:  # as a lone run's trainer logs its model's hparams when fitting starts
+            for logger in member.loggers:
+                logger.log_hyperparams(member.model_hparams())
         for member in self.drawn:
             member.figures.draw_samples(member.loggers, trainer.train_dataloader.dataset)
 
@@ -356,9 +363,8 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_loss, test_acc = module.epoch_metrics("test")
     for member, i in zip(members, order, strict=True):
-        if not module.alive[member.k]:  # its loggers write what they hold, as a lone run's do when it fails
-            for logger in member.loggers:
-                logger.finalize("failed")
+        if not module.alive[member.k]:
+            loggers.finish(member.loggers, "failed")
             results[i] = UserError(module.failures[member.k])
             continue
         tested = {TEST_ACC: test_acc[member.k], TEST_LOSS: test_loss[member.k]}
@@ -372,8 +378,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
             member.hparams.log_final(
                 member.loggers, member.model.name, tested, metrics[VAL_ACC_BEST], trainer.global_step
             )
-        for logger in member.loggers:
-            logger.finalize("success")
+        loggers.finish(member.loggers, "success")
         write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
         results[i] = metrics[VAL_ACC_BEST]
     return results

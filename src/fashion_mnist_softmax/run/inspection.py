@@ -1,4 +1,4 @@
-"""What TensorBoard shows besides the scalars: the run's figures and its HParams.
+"""What the loggers show besides the scalars: the run's figures and its hyperparameters with its final metrics.
 
 Each callback does its work in methods that take plain values and the run's loggers; its Lightning hooks
 call them with the trainer's values, and a fused sweep calls them for each of its members.
@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 from PIL import Image
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -38,12 +38,9 @@ from fashion_mnist_softmax.run.metrics import (
 )
 
 
-def _tensorboards(loggers: Sequence[Logger]) -> list[TensorBoardLogger]:
-    return [logger for logger in loggers if isinstance(logger, TensorBoardLogger)]
-
-
 class Figures(L.Callback):
-    """Draws the run's figures on rank 0, logs them to TensorBoard and saves them as ``<out_dir>/<name>.png``.
+    """Draws the run's figures on rank 0, saves them as ``<out_dir>/<name>.png`` and logs them: TensorBoard and W&B
+    as images at their step, MLflow as the run's artifacts ``figures/<name>.png``.
 
     ``samples`` (the first training images) when training starts, ``weights`` (the templates) at
     every epoch's end, ``curves`` (from the epoch history) when fitting ends, and, from the classes that
@@ -61,12 +58,18 @@ class Figures(L.Callback):
         self._shown: list[tuple[torch.Tensor, ...]] = []
 
     def publish(self, loggers: Sequence[Logger], name: str, fig: Figure | np.ndarray, step: int = 0) -> None:
-        """Render once (unless given the rendered image); log the image to TensorBoard and save it as a PNG."""
+        """Render once (unless given the rendered image), save the PNG, and log it to every logger that takes images."""
         image = fig if isinstance(fig, np.ndarray) else figures.render(fig)
-        for logger in _tensorboards(loggers):
-            logger.experiment.add_image(name, image, step, dataformats="HWC")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(self.out_dir / f"{name}.png")
+        png = self.out_dir / f"{name}.png"
+        Image.fromarray(image).save(png)
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(name, image, step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(name, [image], step=step)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(png), artifact_path=self.out_dir.name)
 
     def draw_samples(self, loggers: Sequence[Logger], dataset: Any) -> None:
         if SAMPLES not in self.figs:  # the same images for every member of a fused sweep: rendered once
@@ -131,7 +134,8 @@ class Figures(L.Callback):
 
 
 class HParams(L.Callback):
-    """Logs ``hparams`` (name-value pairs) with the final metrics after testing, for TensorBoard's HParams tab.
+    """Logs ``hparams`` (name-value pairs) after testing: to TensorBoard with the final metrics, for its HParams tab;
+    to the other loggers as the run's parameters, beside the test metrics they already have.
 
     Lightning's placeholder ``hp_metric`` is off (``conf/logger/tensorboard.yaml``): hparams logged
     without metrics would hide the metrics logged later.
@@ -146,8 +150,11 @@ class HParams(L.Callback):
         metrics = {HP_TEST_ACC: float(tested[TEST_ACC]), HP_TEST_LOSS: float(tested[TEST_LOSS])}
         if val_acc_best is not None and math.isfinite(val_acc_best):
             metrics[HP_VAL_ACC_BEST] = val_acc_best
-        for logger in _tensorboards(loggers):
-            logger.log_hyperparams({"impl": impl, **self.hparams}, metrics, step=step)
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams({"impl": impl, **self.hparams}, metrics, step=step)
+            else:
+                logger.log_hyperparams({"impl": impl, **self.hparams})
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         best = float(pl_module.val_acc_best.max_value)

@@ -14,7 +14,7 @@ from fashion_mnist_softmax import console
 from fashion_mnist_softmax.console import paragraph
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
-from fashion_mnist_softmax.run import distributed
+from fashion_mnist_softmax.run import distributed, loggers
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
 from fashion_mnist_softmax.run.history import EpochSummary, run_metrics
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, VAL_ACC
@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     hparams = OmegaConf.to_container(cfg, resolve=True)
     metrics = run_metrics(model.name, cfg.seed, tested, test_ckpt, hparams, history)
     if trainer.is_global_zero:
+        loggers.finish(trainer.loggers, "success")
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         print(f"metrics: {run_dir / METRICS_FILE}\ncheckpoints: {run_dir / 'checkpoints'}")
     return metrics
