@@ -6,7 +6,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fashion_mnist_softmax.run import metrics
 from fashion_mnist_softmax.run.failures import friendly_errors
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -17,8 +16,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> float:
     """The returned ``val/acc_best`` is the objective of Optuna sweeps."""
     from fashion_mnist_softmax.run.training import train  # torch and Lightning load once the config passed its checks
+    from fashion_mnist_softmax.sweeps.pruning import objective
 
-    return train(cfg)[metrics.VAL_ACC_BEST]
+    return objective(train(cfg))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,9 @@ def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> 
     assert len(set(lrs)) == 2, "the resumed study drew a new trial, not the first one again"
     assert [r["trial"] for r in _read_csv(second / SUMMARY_CSV)] == ["1"]
     assert [r["trial"] for r in _read_csv(first / SUMMARY_CSV)] == ["0"]
+    # without a pruner (hydra/sweeper/pruner=nop, the default) a job is not told its trial: it runs as before
+    assert all(read_metrics(j)["hparams"]["trial"] is None for j in jobs)
+    assert "1 new trial: 1 completed, 0 pruned, 0 failed" in result.stdout
 
 
 def test_submitit_slurm_launcher_composes_for_ddp() -> None:

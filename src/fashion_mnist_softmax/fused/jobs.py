@@ -40,8 +40,10 @@ from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
 from fashion_mnist_softmax.run.inspection import Figures, HParams
 from fashion_mnist_softmax.run.metrics import (
+    COMPLETED,
     CURVES,
     METRICS_FILE,
+    PRUNED,
     TEST_ACC,
     TEST_LOSS,
     TRAIN_ACC,
@@ -54,16 +56,35 @@ from fashion_mnist_softmax.run.metrics import (
 )
 from fashion_mnist_softmax.run.progress import ParameterSummary
 from fashion_mnist_softmax.run.training import instantiate_all
+from fashion_mnist_softmax.sweeps.pruning import ReportToTrial, objective
 
 # what the members of one group may differ in; every other key of their configs must be equal
-MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "data.shuffle_seed", "impl", "paths")
+MEMBER_KEYS = (
+    "optim.lr",
+    "optim.momentum",
+    "optim.weight_decay",
+    "seed",
+    "data.shuffle_seed",
+    "impl",
+    "paths",
+    "trial",
+)
 SGDS = (SGDConfig._target_, ScratchSGDConfig._target_)
 FUSED_SGD_KEYS = ("_target_", "lr", "momentum", "weight_decay")  # the options the fused SGD applies per member
 # torch.optim.SGD's other options at their defaults, which take the fused SGD's steps; any other value does not
 SGD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SGDConfig) if f.name not in FUSED_SGD_KEYS}
 DATA_MODULE = DataConfig._target_
 # the callbacks whose work a fused member does through them; a job with any other runs alone
-DRIVEN = (EpochSummary, StopOnDivergedLoss, SaveOnInterrupt, ModelCheckpoint, LearningRateMonitor, Figures, HParams)
+DRIVEN = (
+    EpochSummary,
+    StopOnDivergedLoss,
+    SaveOnInterrupt,
+    ModelCheckpoint,
+    LearningRateMonitor,
+    Figures,
+    HParams,
+    ReportToTrial,
+)
 REQUIRED = (EpochSummary, StopOnDivergedLoss, ModelCheckpoint)  # what a member's outputs are written through
 QUIET = (ProgressBar, ParameterSummary)  # what a lone run prints: a fused group prints one line an epoch instead
 # schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
@@ -163,6 +184,7 @@ class Member:
         if self.figures is not None:
             self.figures.figs = figs
         self.hparams: HParams | None = _one(callbacks, HParams)
+        self.reporter: ReportToTrial | None = _one(callbacks, ReportToTrial)
         # the scalar that LearningRateMonitor logs, named after the optimizer's class as it names it
         optimizer = cfg["optim"]["_target_"].rpartition(".")[2]
         self.lr_tag = f"lr-{optimizer}" if _one(callbacks, LearningRateMonitor) else None
@@ -255,6 +277,11 @@ class MemberOutputs(L.Callback):
             member.log(metrics | best | timing | {"epoch": epoch - 1}, step - 1)
             if member.figures is not None:
                 member.figures.draw_weights(member.loggers, module.W.detach()[:, k].T, epoch)
+            if validated and member.reporter is not None and member.reporter.should_prune(val_acc[k], epoch):
+                member.reporter.pruned_at = epoch
+                module.leave(k)
+        if not self._alive(module):
+            trainer.should_stop = True  # every member pruned or failed
         if alive := self._alive(module):
             losses, accs = (
                 [train_loss[mb.k] for mb in alive],
@@ -267,8 +294,9 @@ class MemberOutputs(L.Callback):
             )
 
     def on_fit_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
-        for member in self._alive(module, self.drawn):
-            member.figures.draw_curves(member.loggers, member.summary.history)
+        for member in self.drawn:  # a pruned member's curves too, as its lone run draws them when it stops
+            if module.alive[member.k] or (member.reporter is not None and member.reporter.pruned_at):
+                member.figures.draw_curves(member.loggers, member.summary.history)
         for name in (WEIGHTS, CURVES):  # drawn for the last time: freed before the test figures are drawn
             self.figs.pop(name, None)
 
@@ -303,7 +331,8 @@ class MemberOutputs(L.Callback):
 
 def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     """Train the resolved configs of one group's jobs together; write each job's outputs; return each job's
-    ``val/acc_best``, or the :class:`UserError` it failed with."""
+    ``val/acc_best`` (:class:`~fashion_mnist_softmax.sweeps.pruning.Pruned` if its trial was pruned), or the
+    :class:`UserError` it failed with."""
     console.quiet()
     results: list[float | UserError] = [UserError("not trained")] * len(cfgs)
     valid = []
@@ -363,22 +392,24 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_loss, test_acc = module.epoch_metrics("test")
     for member, i in zip(members, order, strict=True):
-        if not module.alive[member.k]:
+        if member.reporter is not None and member.reporter.pruned_at:  # its search stopped it: untested
+            tested, test_ckpt, status = {}, None, PRUNED
+        elif not module.alive[member.k]:
             loggers.finish(member.loggers, "failed")
             results[i] = UserError(module.failures[member.k])
             continue
-        tested = {TEST_ACC: test_acc[member.k], TEST_LOSS: test_loss[member.k]}
-        last = member.last_checkpoint.format_checkpoint_name({})
-        test_ckpt = member.best_path if base["test_ckpt"] == "best" else last
-        metrics = run_metrics(
-            member.model.name, member.cfg["seed"], tested, test_ckpt, member.cfg, member.summary.history
-        )
-        member.log(tested, trainer.global_step)
-        if member.hparams is not None:
+        else:
+            tested, status = {TEST_ACC: test_acc[member.k], TEST_LOSS: test_loss[member.k]}, COMPLETED
+            last = member.last_checkpoint.format_checkpoint_name({})
+            test_ckpt = member.best_path if base["test_ckpt"] == "best" else last
+            member.log(tested, trainer.global_step)
+        history = member.summary.history
+        metrics = run_metrics(member.model.name, member.cfg["seed"], tested, test_ckpt, member.cfg, history, status)
+        if member.hparams is not None and tested:
             member.hparams.log_final(
                 member.loggers, member.model.name, tested, metrics[VAL_ACC_BEST], trainer.global_step
             )
         loggers.finish(member.loggers, "success")
         write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
-        results[i] = metrics[VAL_ACC_BEST]
+        results[i] = objective(metrics)
     return results

@@ -156,11 +156,16 @@ class FusedSoftmaxRegression(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.diverged.pending = []
 
+    def leave(self, k: int) -> None:
+        """Member k leaves the population (it diverged, or its trial was pruned): its loss, and so its gradient, is
+        zero from the next step on, and its metrics are no longer reported."""
+        self.alive[k] = self.alive_mask[k] = False
+
     def _fail_diverged(self, losses: torch.Tensor, batch_idx: int) -> None:
         """Fails each member whose loss diverged, as the lone run's guard stops it, naming its first bad batch."""
         for k, back, loss in self.diverged.check(losses, self.trainer.is_last_batch):
             if self.alive[k]:
-                self.alive[k] = self.alive_mask[k] = False
+                self.leave(k)
                 lr = self.trainer.optimizers[0].param_groups[0]["lr"] * float(self.lr[k])
                 max_loss = float(self.diverged.max_loss[k])
                 self.failures[k] = DivergedLoss.message(

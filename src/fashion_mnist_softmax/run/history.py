@@ -10,7 +10,9 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
 from fashion_mnist_softmax.run.metrics import (
+    COMPLETED,
     EPOCH_TIME,
+    STATUS,
     TEST_ACC,
     TEST_LOSS,
     TRAIN_ACC,
@@ -111,17 +113,25 @@ def epoch_line(row: dict[str, float]) -> str:
 
 
 def run_metrics(
-    impl: str, seed: int, tested: dict[str, float], test_ckpt: str, hparams: dict, history: list[dict[str, float]]
+    impl: str,
+    seed: int,
+    tested: dict[str, float],
+    test_ckpt: str | None,
+    hparams: dict,
+    history: list[dict[str, float]],
+    status: str = COMPLETED,
 ) -> dict[str, Any]:
-    """A run's ``metrics.json``: its test metrics, its best validation accuracy, its config and its history."""
+    """A run's ``metrics.json``: its status, its test metrics (none for a pruned job, which is not tested), its best
+    validation accuracy, its config and its history."""
     val_accs = [row[VAL_ACC] for row in history if VAL_ACC in row]
     return {
         "impl": impl,
         "seed": seed,
-        TEST_ACC: tested[TEST_ACC],
-        TEST_LOSS: tested[TEST_LOSS],
+        STATUS: status,
+        TEST_ACC: tested.get(TEST_ACC),
+        TEST_LOSS: tested.get(TEST_LOSS),
         VAL_ACC_BEST: max(val_accs) if val_accs else None,
-        "test_ckpt": str(test_ckpt),
+        "test_ckpt": None if test_ckpt is None else str(test_ckpt),
         "hparams": hparams,
         "history": history,
     }

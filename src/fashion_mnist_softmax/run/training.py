@@ -17,7 +17,8 @@ from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed, loggers
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
 from fashion_mnist_softmax.run.history import EpochSummary, run_metrics
-from fashion_mnist_softmax.run.metrics import METRICS_FILE, VAL_ACC
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, PRUNED, VAL_ACC
+from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -26,7 +27,9 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics."""
+    """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics.
+
+    A job of a search whose pruner stopped it (:mod:`~fashion_mnist_softmax.sweeps.pruning`) is not tested."""
     console.quiet()
     run_dir = Path(cfg.paths.output_dir)
     callbacks = instantiate_all(cfg.get("callbacks"))  # conf/callbacks/always.yaml: what every run has
@@ -48,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.impl)
     if trainer.is_global_zero:
         print(f"{model.name} softmax regression, run dir {run_dir}")
+    hparams = OmegaConf.to_container(cfg, resolve=True)
     resumed = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     trained = len(resumed["callbacks"].get(EpochSummary.__qualname__, {}).get("history", [])) if resumed else 0
     if trained >= cfg.trainer.max_epochs:
@@ -61,6 +65,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_ckpt = cfg.ckpt_path
     else:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        if any(isinstance(c, ReportToTrial) and c.pruned_at for c in callbacks):  # its search stopped it: untested
+            metrics = run_metrics(model.name, cfg.seed, {}, None, hparams, summary.history, status=PRUNED)
+            return _finish(trainer, run_dir, metrics)
         named = {"best": best.best_model_path, "last": last.format_checkpoint_name({})}
         test_ckpt = named.get(cfg.test_ckpt, cfg.test_ckpt)
         if cfg.test_ckpt == "best" and not test_ckpt:
@@ -71,8 +78,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)[0]
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    metrics = run_metrics(model.name, cfg.seed, tested, test_ckpt, hparams, history)
+    return _finish(trainer, run_dir, run_metrics(model.name, cfg.seed, tested, test_ckpt, hparams, history))
+
+
+def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """End the run's loggers and write its ``metrics.json`` (on rank 0); return the metrics."""
     if trainer.is_global_zero:
         loggers.finish(trainer.loggers, "success")
         write_json_atomic(run_dir / METRICS_FILE, metrics)

@@ -1,11 +1,11 @@
 """A multirun's summary in its sweep dir: ``summary.csv`` and ``summary.md``, rewritten as each job ends.
 
-One row per job, best ``val/acc_best`` first, failed jobs last with their reason; with Optuna, the trial
-number; when the sweep varies ``seed``, also the mean ± std over seeds of every other configuration
-(``summary_seeds.csv``). The summary is written when each job ends, so that it is there even when a
-failed job ends the sweep, and when the multirun ends. A sweep with a failed job ends non-zero through its
-sweeper, never through this callback, whose exceptions Hydra only warns about: Hydra's basic sweeper raises
-the failed job's :class:`JobFailed`, and the Optuna sweeper, which goes on past failed trials, calls
+One row per job, best ``val/acc_best`` first, then pruned jobs with the epoch they stopped at, failed jobs last
+with their reason; with Optuna, the trial number; when the sweep varies ``seed``, also the mean ± std over seeds
+of every other configuration (``summary_seeds.csv``). The summary is written when each job ends, so that it is
+there even when a failed job ends the sweep, and when the multirun ends. A sweep with a failed job ends non-zero
+through its sweeper, never through this callback, whose exceptions Hydra only warns about: Hydra's basic sweeper
+raises the failed job's :class:`JobFailed`, and the Optuna sweeper, which goes on past failed trials, calls
 :func:`end_sweep` (``hydra_plugins/fashion_mnist_softmax_sweeps/_optuna.py``).
 """
 
@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 
 from fashion_mnist_softmax.errors import JobFailed
 from fashion_mnist_softmax.run.failures import ERROR_FILE
-from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, PRUNED, TEST_ACC, TEST_LOSS, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.run.metrics import STATUS as STATUS_KEY
 
 SUMMARY_CSV, SUMMARY_MD, SEEDS_CSV = "summary.csv", "summary.md", "summary_seeds.csv"
 SUMMARY_METRICS = (VAL_ACC_BEST, TEST_ACC, TEST_LOSS)
@@ -58,7 +59,9 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
         overrides = dict(o.partition("=")[::2] for o in yaml.safe_load(overrides_file.read_text()) or [])
         found, status, reason = {}, "running", ""
         if (job_dir / METRICS_FILE).is_file():
-            found, status = read_metrics(job_dir), "ok"
+            found = read_metrics(job_dir)
+            status = PRUNED if found.get(STATUS_KEY) == PRUNED else "ok"
+            reason = f"pruned after epoch {len(found['history'])}" if status == PRUNED else ""
         elif (job_dir / ERROR_FILE).is_file():
             status, reason = "failed", (job_dir / ERROR_FILE).read_text().split("\n\n")[0].strip()
         elif final:
@@ -88,12 +91,12 @@ def trial_numbers(config: DictConfig, jobs: list[dict[str, Any]]) -> dict[str, i
 
 def _best_first(row: dict[str, Any]) -> tuple:
     value = row[VAL_ACC_BEST]
-    return (row[STATUS] != "ok", -value if value is not None else 0.0)
+    return ({"ok": 0, PRUNED: 1}.get(row[STATUS], 2), -value if value is not None else 0.0)
 
 
 def summary_rows(jobs: list[dict[str, Any]], trials: dict[str, int] | None = None) -> tuple[list[dict], dict]:
     """One row per job (varying overrides, status, metrics, reason), best first; and the overrides all jobs share."""
-    keys = list(dict.fromkeys(k for job in jobs for k in job["overrides"]))
+    keys = list(dict.fromkeys(k for job in jobs for k in job["overrides"] if k != TRIAL))  # numbered apart
     varying = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
     common = {k: jobs[0]["overrides"][k] for k in keys if k not in varying}
     rows = []
@@ -130,7 +133,10 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _cell(value: Any) -> str:
-    """A value for reading: metrics to 4 decimals, numbers given on the command line to 4 significant digits."""
+    """A value for reading: metrics to 4 decimals, numbers given on the command line to 4 significant digits, a
+    metric a job does not have (failed, pruned before testing) as a dash."""
+    if value is None:
+        return "—"
     if isinstance(value, float):
         return f"{value:.4f}"
     try:
@@ -162,8 +168,9 @@ def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool
             return []
         rows, common = summary_rows(jobs, trial_numbers(config, jobs) if config is not None else None)
         _write_csv(sweep_dir / SUMMARY_CSV, rows)
-        ok = sum(row[STATUS] == "ok" for row in rows)
-        md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {ok} ok, best `{VAL_ACC_BEST}` first."]
+        ok, pruned = (sum(row[STATUS] == status for row in rows) for status in ("ok", PRUNED))
+        counts = f"{ok} ok" + (f", {pruned} pruned" if pruned else "")
+        md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {counts}, best `{VAL_ACC_BEST}` first."]
         if common:
             md += ["", "Common overrides: " + " ".join(f"`{_override(k, v)}`" for k, v in common.items())]
         md += ["", *_markdown_table(rows)]

@@ -1,8 +1,10 @@
 """The Optuna sweeper's work, imported when a search starts: Optuna's ask-and-tell loop around Hydra's launcher.
 
 Each batch of ``n_jobs`` trials is asked of the study, launched as one batch of jobs (so that the fused
-launcher trains it as one population), and told: a job's return value completes its trial, a failed job
-FAILs it. The study lives in ``storage`` (sqlite: a search resumes, and several commands share one study).
+launcher trains it as one population), and told: a job's return value completes its trial, a pruned job's
+(:class:`~fashion_mnist_softmax.sweeps.pruning.Pruned`) prunes it, a failed job FAILs it. The study lives in
+``storage`` (sqlite: a search resumes, and several commands share one study). With a pruner, each job is told
+its trial in its config (``trial``), to report to it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -19,7 +22,9 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fashion_mnist_softmax.errors import JobFailed
+from fashion_mnist_softmax.console import refuse
+from fashion_mnist_softmax.errors import JobFailed, UserError
+from fashion_mnist_softmax.sweeps import pruning
 from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, end_sweep, write_summary
 
 from .optuna_sweeper import OptunaSweeper
@@ -63,6 +68,21 @@ def search_space(params: dict[str, str], arguments: list[str]) -> tuple[dict[str
     return space, fixed
 
 
+def _value(value: Any) -> str:
+    """A plain value, or a dict of them, in Hydra's override syntax, strings quoted."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def trial_override(study: optuna.Study, trial: optuna.Trial, url: str | None, pruner: dict[str, Any]) -> str:
+    """The job's ``trial`` node in Hydra's override syntax: its trial, where the study is, and its pruner."""
+    node = {"number": trial.number, "study_name": study.study_name, "storage": url, "pruner": pruner}
+    return f"trial={_value(node)}"
+
+
 def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     config = sweeper.config
     launcher = Plugins.instance().instantiate_launcher(
@@ -70,18 +90,37 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     )
     space, fixed = search_space(dict(sweeper.params or {}), arguments)
     sampler = sweeper.sampler if isinstance(sweeper.sampler, optuna.samplers.BaseSampler) else None
+    pruner = sweeper.pruner if isinstance(sweeper.pruner, optuna.pruners.BasePruner) else None
+    prunes = pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner)
+    in_process = type(launcher).__name__ in ("BasicLauncher", "FusedLauncher")  # the jobs run in this process
+    if prunes and not sweeper.storage and not in_process:  # refused before any trial is asked or job dir made
+        refuse(
+            UserError(
+                f"A pruned search with the {type(launcher).__name__} needs a storage: its jobs run in other processes, "
+                f"which reach their trials through the study's storage, and an in-memory study lives in this one. Add "
+                f"hydra.sweeper.storage=sqlite:///logs/optuna.db (or prune with the basic or fused launcher)."
+            )
+        )
+    storage = optuna.storages.get_storage(sweeper.storage) if sweeper.storage else optuna.storages.InMemoryStorage()
     study = optuna.create_study(
         study_name=sweeper.study_name,
-        storage=sweeper.storage,
+        storage=storage,
         sampler=sampler,
+        pruner=pruner,
         direction=sweeper.direction,
         load_if_exists=True,
     )
+    pruning.STORAGES[study.study_name] = storage  # for the jobs that run in this process
+    pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
     log.info(f"Study {study.study_name} in {sweeper.storage or 'memory'}: {sweeper.n_trials} new trials")
-    sweep_dir, job_idx, failed = Path(config.hydra.sweep.dir), 0, 0
+    sweep_dir, job_idx, failed, pruned = Path(config.hydra.sweep.dir), 0, 0, 0
     while job_idx < sweeper.n_trials:
         trials = [study.ask(space) for _ in range(min(sweeper.n_jobs, sweeper.n_trials - job_idx))]
-        overrides = [[f"{key}={value}" for key, value in {**trial.params, **fixed}.items()] for trial in trials]
+        overrides = [
+            [f"{key}={value}" for key, value in {**trial.params, **fixed}.items()]
+            + ([trial_override(study, trial, sweeper.storage, pruner_config)] if prunes else [])
+            for trial in trials
+        ]
         try:
             returns = launcher.launch(overrides, initial_job_idx=job_idx)
         except BaseException:  # Ctrl-C, SIGTERM: the batch's trials end as FAIL, never RUNNING
@@ -91,13 +130,18 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
         job_idx += len(returns)
         for trial, ret in zip(trials, returns, strict=True):
             value = ret.return_value if ret.status == JobStatus.COMPLETED else None  # None: no validation ran
-            if value is not None:
+            if isinstance(value, pruning.Pruned):
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last reported val/acc
+                pruned += 1
+            elif value is not None:
                 study.tell(trial, float(value))
             else:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 failed += 1
         if failed / job_idx > sweeper.max_failure_rate:
             break
+    counts = f"{job_idx - pruned - failed} completed, {pruned} pruned, {failed} failed"
+    log.info(f"{job_idx} new trial{'s' * (job_idx != 1)}: {counts}")
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         best = study.best_trial
         log.info(f"Best trial {best.number}: value {best.value}, parameters {best.params}")

@@ -1,5 +1,6 @@
-"""The plugins' configs, dataclasses in Hydra's ConfigStore: ``hydra/launcher=fused``, ``hydra/sweeper=optuna``
-and its samplers ``hydra/sweeper/sampler=tpe|random``."""
+"""The plugins' configs, dataclasses in Hydra's ConfigStore: ``hydra/launcher=fused``, ``hydra/sweeper=optuna``,
+its samplers ``hydra/sweeper/sampler=tpe|random`` and its pruners ``hydra/sweeper/pruner=nop|median|percentile|
+hyperband|successive_halving`` (Optuna's, with their own arguments and defaults)."""
 
 # no "from __future__ import annotations": Hydra loads this module outside sys.modules, where dataclasses
 # cannot resolve string annotations
@@ -32,12 +33,55 @@ class RandomSamplerConf:
 
 
 @dataclass
+class NopPrunerConf:
+    """No pruning: every trial trains all its epochs."""
+
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0  # epochs
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class PercentilePrunerConf:
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1  # epochs
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+
+
+@dataclass
 class OptunaSweeperConf:
     """``hydra/sweeper=optuna``: the keys of Hydra's own Optuna sweeper."""
 
     _target_: str = "hydra_plugins.fashion_mnist_softmax_sweeps.optuna_sweeper.OptunaSweeper"
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "nop"}])
     sampler: Any = MISSING
+    pruner: Any = MISSING  # a pruner other than nop: each job reports val/acc to its trial after every epoch
     direction: str = "minimize"  # or maximize
     storage: str | None = None  # e.g. sqlite:///logs/optuna.db, where a search resumes; None: in memory
     study_name: str | None = None
@@ -52,3 +96,11 @@ store.store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provid
 store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="fashion_mnist_softmax")
 store.store(group="hydra/sweeper/sampler", name="tpe", node=TPESamplerConf, provider="fashion_mnist_softmax")
 store.store(group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="fashion_mnist_softmax")
+for name, node in {
+    "nop": NopPrunerConf,
+    "median": MedianPrunerConf,
+    "percentile": PercentilePrunerConf,
+    "hyperband": HyperbandPrunerConf,
+    "successive_halving": SuccessiveHalvingPrunerConf,
+}.items():
+    store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="fashion_mnist_softmax")

@@ -2,8 +2,10 @@
 
 It takes the keys of Hydra's own Optuna sweeper (``params`` in its ``choice``, ``range``, ``interval`` and
 ``tag(log, ...)`` syntax, ``sampler``, ``direction``, ``storage``, ``study_name``, ``n_trials``, ``n_jobs``,
-``max_failure_rate``) and runs on current Optuna. A search goes on past failed trials, which Optuna records as
-FAIL, and ends in one line and status 1 if any trial failed, once its summary is written.
+``max_failure_rate``) and runs on current Optuna. With a ``pruner``, each job reports its ``val/acc`` to its trial
+after every epoch, and a trial the pruner stops ends PRUNED (``fashion_mnist_softmax/sweeps/pruning.py``). A
+search goes on past failed trials, which Optuna records as FAIL, and ends in one line and status 1 if any trial
+failed, once its summary is written; completed and pruned trials end it with status 0.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class OptunaSweeper(Sweeper):
     def __init__(
         self,
         sampler: Any,
+        pruner: Any,
         direction: str,
         storage: str | None,
         study_name: str | None,
@@ -27,7 +30,8 @@ class OptunaSweeper(Sweeper):
         max_failure_rate: float,
         params: DictConfig | None,
     ) -> None:
-        self.sampler, self.direction, self.storage, self.study_name = sampler, direction, storage, study_name
+        self.sampler, self.pruner, self.direction = sampler, pruner, direction
+        self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate, self.params = n_trials, n_jobs, max_failure_rate, params
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
