@@ -264,7 +264,10 @@ def test_a_diverged_member_is_named_at_its_first_bad_batch_when_losses_are_read_
         assert trainer.global_step == 14 and list(module.failures) == [0] and module.alive.tolist() == [False, True]
         assert re.search(r"epoch 1, batch 2: loss nan\.", module.failures[0]), module.failures[0]
         modules[every] = module
-    assert torch.equal(modules[1].W[:, 1], modules[4].W[:, 1]) and torch.equal(modules[1].b[1], modules[4].b[1])
+    # the same steps for the other member, whose products run narrower once the diverged member left (at batch 2 or
+    # when read at batch 4): equal up to the summation order of a matrix product of another width
+    for a, b in ((modules[1].W[:, 1], modules[4].W[:, 1]), (modules[1].b[1], modules[4].b[1])):
+        assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_devices_auto_fuses_on_one_gpu_and_runs_alone_on_several(tiny_cfg, monkeypatch):

@@ -14,7 +14,7 @@ from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD
 
 from conftest import run_script, tiny_overrides
 
-EPOCHS, TRIALS = 3, 6
+EPOCHS, TRIALS = 3, 4
 # a seeded random search over a wide range of learning rates: its first trial completes, and the median pruner
 # then stops, after their first epoch, the trials whose val/acc falls below the median of the completed ones there
 SEARCH = [
@@ -33,7 +33,7 @@ SEARCH = [
 LAUNCHERS = {
     "basic": [],  # the study in memory: its jobs run in the sweeper's process
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "hydra.sweeper.n_jobs=1"],  # a worker process
-    "fused": ["hydra/launcher=fused", "hydra.sweeper.n_jobs=3"],  # batches of 3 trials as fused populations
+    "fused": ["hydra/launcher=fused", "hydra.sweeper.n_jobs=2"],  # batches of 2 trials as fused populations
 }
 
 

@@ -124,12 +124,17 @@ class FusedSoftmaxRegression(L.LightningModule):
         out = x.reshape(len(x), -1) @ W.reshape(784, -1) + b.reshape(-1)
         return out.view(len(x), -1, 10)
 
-    def _add(self, stage: str, losses: torch.Tensor, correct: torch.Tensor, n: int, a: int = 0) -> None:
+    def _add(
+        self, stage: str, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, members: Any = slice(None)
+    ) -> None:
+        """Add a batch's mean losses and correct predictions of ``members`` (all, a slice or an index tensor) to the
+        stage's sums."""
+        correct, n = (logits.argmax(-1) == y.view(-1, 1)).sum(0), len(y)
         k = self.W.shape[1]
         sums = self.sums.setdefault(stage, torch.zeros(3, k, dtype=torch.float64, device=self.device))
-        sums[0, a : a + len(losses)] += losses.detach().double() * n
-        sums[1, a : a + len(losses)] += correct.double()
-        sums[2, a : a + len(losses)] += n
+        sums[0, members] += losses.detach().double() * n
+        sums[1, members] += correct.double()
+        sums[2, members] += n
 
     def epoch_metrics(self, stage: str) -> tuple[list[float], list[float]]:
         """Each member's mean loss and accuracy over the stage's epoch so far; resets them."""
@@ -141,10 +146,20 @@ class FusedSoftmaxRegression(L.LightningModule):
         sizes = [c - a for a, c in self.ranges]  # one split, not a slice per seed: its backward is one concatenation
         losses = []
         blocks = zip(self.W.split(sizes, dim=1), self.b.split(sizes), self.ranges, strict=True)
-        for s, (W, b, (a, _)) in enumerate(blocks):
-            logits = self.logits(images[s], W, b)
-            loss = cross_entropy(logits, labels[s])
-            self._add("train", loss, (logits.argmax(-1) == labels[s].view(-1, 1)).sum(0), len(labels[s]), a)
+        for s, (W, b, (a, c)) in enumerate(blocks):
+            alive = self.alive[a:c]
+            if alive.all():
+                logits = self.logits(images[s], W, b)
+                loss = cross_entropy(logits, labels[s])
+                self._add("train", loss, logits, labels[s], slice(a, c))
+            else:  # members that left compute nothing: the step costs what the members still training cost
+                loss = torch.zeros(c - a, device=self.device)
+                if alive.any():
+                    kept = alive.nonzero().squeeze(1).to(self.device)
+                    logits = self.logits(images[s], W.index_select(1, kept), b.index_select(0, kept))
+                    kept_loss = cross_entropy(logits, labels[s])
+                    loss = loss.index_put((kept,), kept_loss)
+                    self._add("train", kept_loss, logits, labels[s], kept + a)
             losses.append(loss)
         losses = torch.cat(losses)
         self._fail_diverged(losses, batch_idx)
@@ -157,8 +172,8 @@ class FusedSoftmaxRegression(L.LightningModule):
         self.diverged.pending = []
 
     def leave(self, k: int) -> None:
-        """Member k leaves the population (it diverged, or its trial was pruned): its loss, and so its gradient, is
-        zero from the next step on, and its metrics are no longer reported."""
+        """Member k leaves the population (it diverged, or its trial was pruned): from the next step on its logits
+        are not computed, its loss and gradient are zero, and its metrics are no longer reported."""
         self.alive[k] = self.alive_mask[k] = False
 
     def _fail_diverged(self, losses: torch.Tensor, batch_idx: int) -> None:
@@ -175,9 +190,8 @@ class FusedSoftmaxRegression(L.LightningModule):
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
         logits = self.logits(x, self.W, self.b)
-        predicted = logits.argmax(-1)
-        self._add(stage, cross_entropy(logits, y), (predicted == y.view(-1, 1)).sum(0), len(y))
-        return predicted
+        self._add(stage, cross_entropy(logits, y), logits, y)
+        return logits.argmax(-1)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
