@@ -16,7 +16,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> float:
     """The returned ``val/acc_best`` is the objective of Optuna sweeps."""
     from fashion_mnist_softmax.run.training import train  # torch and Lightning load once the config passed its checks
-    from fashion_mnist_softmax.sweeps.pruning import objective
+    from fashion_mnist_softmax.sweeps.trials import objective
 
     return objective(train(cfg))
 

@@ -23,10 +23,15 @@ def readme_commands() -> list[str]:
 
 
 def first_of_each_sweep(arguments: list[str]) -> list[str]:
-    """The overrides of the first job of a sweep: ``optim.lr=0.03,0.1`` gives ``optim.lr=0.03``."""
+    """The overrides of the first job of a sweep: ``optim.lr=0.03,0.1`` gives ``optim.lr=0.03``, and an Optuna
+    search space ``optim.lr=tag(log,interval(1e-4,1.0))`` its lower end."""
     parsed = OverridesParser.create().parse_overrides(arguments)
     return [
-        f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+        o.input_line
+        if not o.is_sweep_override()
+        else f"{o.get_key_element()}={o.value().start}"
+        if o.is_interval_sweep()
+        else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
         for o in parsed
     ]
 

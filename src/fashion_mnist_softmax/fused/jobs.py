@@ -56,7 +56,8 @@ from fashion_mnist_softmax.run.metrics import (
 )
 from fashion_mnist_softmax.run.progress import ParameterSummary
 from fashion_mnist_softmax.run.training import instantiate_all
-from fashion_mnist_softmax.sweeps.pruning import ReportToTrial, objective
+from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
+from fashion_mnist_softmax.sweeps.trials import objective
 
 # what the members of one group may differ in; every other key of their configs must be equal
 MEMBER_KEYS = (
@@ -331,7 +332,7 @@ class MemberOutputs(L.Callback):
 
 def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     """Train the resolved configs of one group's jobs together; write each job's outputs; return each job's
-    ``val/acc_best`` (:class:`~fashion_mnist_softmax.sweeps.pruning.Pruned` if its trial was pruned), or the
+    ``val/acc_best`` (:class:`~fashion_mnist_softmax.sweeps.trials.Pruned` if its trial was pruned), or the
     :class:`UserError` it failed with."""
     console.quiet()
     results: list[float | UserError] = [UserError("not trained")] * len(cfgs)

@@ -3,10 +3,10 @@ trial after every validation of its fit, and stops once the study's pruner says 
 
 The sweeper (``hydra_plugins/fashion_mnist_softmax_sweeps/_optuna.py``) names each job's trial, and the study's
 pruner, in the job's config (``trial``). A job reaches its study through the study's storage, or, where it runs
-in the sweeper's own process, through the storage the sweeper registered in :data:`STORAGES` (an in-memory study
-is reached only so).
+in the sweeper's own process, through the storage the sweeper registered (:data:`~.trials.STORAGES`; an in-memory
+study is reached only so).
 A pruned job keeps its checkpoints and logs, writes ``metrics.json`` with the epochs it trained and the status
-``pruned``, skips testing, and returns :class:`Pruned`, which the sweeper tells Optuna as a PRUNED trial.
+``pruned``, skips testing, and returns :class:`~.trials.Pruned`, which the sweeper tells Optuna as a PRUNED trial.
 """
 
 from __future__ import annotations
@@ -19,19 +19,8 @@ from hydra.utils import instantiate
 
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.run.history import fit_validation
-from fashion_mnist_softmax.run.metrics import PRUNED, STATUS, VAL_ACC, VAL_ACC_BEST
-
-STORAGES: dict[str, Any] = {}  # the storage of each study that a sweeper runs in this process, by study name
-
-
-class Pruned(float):
-    """What a pruned job returns: its ``val/acc_best``, marked for the sweeper to tell Optuna the trial was pruned."""
-
-
-def objective(metrics: Mapping[str, Any]) -> float:
-    """A job's return value for its sweeper: ``val/acc_best``, as :class:`Pruned` if its trial was pruned."""
-    value = metrics[VAL_ACC_BEST]
-    return Pruned(value) if metrics.get(STATUS) == PRUNED else value
+from fashion_mnist_softmax.run.metrics import VAL_ACC
+from fashion_mnist_softmax.sweeps.trials import STORAGES
 
 
 class ReportToTrial(L.Callback):

@@ -2,7 +2,7 @@
 
 Each batch of ``n_jobs`` trials is asked of the study, launched as one batch of jobs (so that the fused
 launcher trains it as one population), and told: a job's return value completes its trial, a pruned job's
-(:class:`~fashion_mnist_softmax.sweeps.pruning.Pruned`) prunes it, a failed job FAILs it. The study lives in
+(:class:`~fashion_mnist_softmax.sweeps.trials.Pruned`) prunes it, a failed job FAILs it. The study lives in
 ``storage`` (sqlite: a search resumes, and several commands share one study). With a pruner, each job is told
 its trial in its config (``trial``), to report to it.
 """
@@ -24,8 +24,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import JobFailed, UserError
-from fashion_mnist_softmax.sweeps import pruning
 from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, end_sweep, write_summary
+from fashion_mnist_softmax.sweeps.trials import STORAGES, Pruned
 
 from .optuna_sweeper import OptunaSweeper
 
@@ -110,7 +110,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
         direction=sweeper.direction,
         load_if_exists=True,
     )
-    pruning.STORAGES[study.study_name] = storage  # for the jobs that run in this process
+    STORAGES[study.study_name] = storage  # for the jobs that run in this process
     pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
     log.info(f"Study {study.study_name} in {sweeper.storage or 'memory'}: {sweeper.n_trials} new trials")
     sweep_dir, job_idx, failed, pruned = Path(config.hydra.sweep.dir), 0, 0, 0
@@ -130,7 +130,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
         job_idx += len(returns)
         for trial, ret in zip(trials, returns, strict=True):
             value = ret.return_value if ret.status == JobStatus.COMPLETED else None  # None: no validation ran
-            if isinstance(value, pruning.Pruned):
+            if isinstance(value, Pruned):
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last reported val/acc
                 pruned += 1
             elif value is not None:
