@@ -208,6 +208,11 @@ class Member:
         self.model.val_acc_best.max_value.fill_(self.best)
         save_weights(Path(path), self.model, self.model_hparams(), data_state, epoch, step)
 
+    @property
+    def pruned(self) -> bool:
+        """Whether its search's pruner stopped it."""
+        return self.reporter is not None and self.reporter.pruned_at is not None
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
@@ -281,9 +286,9 @@ class MemberOutputs(L.Callback):
             if validated and member.reporter is not None and member.reporter.should_prune(val_acc[k], epoch):
                 member.reporter.pruned_at = epoch
                 module.leave(k)
-        if not self._alive(module):
+        if not (alive := self._alive(module)):
             trainer.should_stop = True  # every member pruned or failed
-        if alive := self._alive(module):
+        else:
             losses, accs = (
                 [train_loss[mb.k] for mb in alive],
                 [val_acc[mb.k] if validated else math.nan for mb in alive],
@@ -296,7 +301,7 @@ class MemberOutputs(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         for member in self.drawn:  # a pruned member's curves too, as its lone run draws them when it stops
-            if module.alive[member.k] or (member.reporter is not None and member.reporter.pruned_at):
+            if module.alive[member.k] or member.pruned:
                 member.figures.draw_curves(member.loggers, member.summary.history)
         for name in (WEIGHTS, CURVES):  # drawn for the last time: freed before the test figures are drawn
             self.figs.pop(name, None)
@@ -393,7 +398,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_loss, test_acc = module.epoch_metrics("test")
     for member, i in zip(members, order, strict=True):
-        if member.reporter is not None and member.reporter.pruned_at:  # its search stopped it: untested
+        if member.pruned:  # its search stopped it: untested
             tested, test_ckpt, status = {}, None, PRUNED
         elif not module.alive[member.k]:
             loggers.finish(member.loggers, "failed")

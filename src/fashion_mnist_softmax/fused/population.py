@@ -115,6 +115,7 @@ class FusedSoftmaxRegression(L.LightningModule):
         self.alive = torch.ones(k, dtype=torch.bool)
         self.register_buffer("alive_mask", self.alive.clone(), persistent=False)  # on the device: no copy per step
         self.failures: dict[int, str] = {}
+        self.kept: dict[int, torch.Tensor] = {}  # of each block (shuffle seed) some members left: the others
         self.sums: dict[str, torch.Tensor] = {}
         self.step_losses: list[tuple[int, torch.Tensor]] = []  # (step, each member's loss) as a lone run logs them
 
@@ -147,15 +148,14 @@ class FusedSoftmaxRegression(L.LightningModule):
         losses = []
         blocks = zip(self.W.split(sizes, dim=1), self.b.split(sizes), self.ranges, strict=True)
         for s, (W, b, (a, c)) in enumerate(blocks):
-            alive = self.alive[a:c]
-            if alive.all():
+            kept = self.kept.get(s)
+            if kept is None:
                 logits = self.logits(images[s], W, b)
                 loss = cross_entropy(logits, labels[s])
                 self._add("train", loss, logits, labels[s], slice(a, c))
             else:  # members that left compute nothing: the step costs what the members still training cost
                 loss = torch.zeros(c - a, device=self.device)
-                if alive.any():
-                    kept = alive.nonzero().squeeze(1).to(self.device)
+                if len(kept):
                     logits = self.logits(images[s], W.index_select(1, kept), b.index_select(0, kept))
                     kept_loss = cross_entropy(logits, labels[s])
                     loss = loss.index_put((kept,), kept_loss)
@@ -175,6 +175,9 @@ class FusedSoftmaxRegression(L.LightningModule):
         """Member k leaves the population (it diverged, or its trial was pruned): from the next step on its logits
         are not computed, its loss and gradient are zero, and its metrics are no longer reported."""
         self.alive[k] = self.alive_mask[k] = False
+        for s, (a, c) in enumerate(self.ranges):
+            if a <= k < c:  # the members its block still trains, on the device: no index built at each step
+                self.kept[s] = self.alive[a:c].nonzero().squeeze(1).to(self.device)
 
     def _fail_diverged(self, losses: torch.Tensor, batch_idx: int) -> None:
         """Fails each member whose loss diverged, as the lone run's guard stops it, naming its first bad batch."""
