@@ -157,6 +157,11 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return f"the callback {other[0]}, which a fused group cannot run for each of its jobs"
     if not all(any(issubclass(cls, needed) for cls in classes) for needed in REQUIRED):
         return "it lacks a callback that every run has (conf/callbacks/always.yaml)"
+    nodes = [node for node in cfg["callbacks"].values() if node and "_target_" in node]
+    for node, cls in zip(nodes, classes, strict=True):
+        kept = (node.get("monitor"), node.get("mode", "min"), node.get("save_top_k", 1))
+        if issubclass(cls, ModelCheckpoint) and kept[0] is not None and kept != (VAL_ACC, "max", 1):
+            return f"a best checkpoint other than the one of the highest {VAL_ACC} (monitor, mode, save_top_k)"
     if cfg.get("test_ckpt") not in ("best", "last"):
         return "test_ckpt names a checkpoint of its own"
     scheduler = cfg.get("scheduler")
