@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
+import pty
+import select
 import struct
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,6 +129,34 @@ def run_script(script: str, *args: str, cwd: Path | None = None, timeout: float 
         text=True,
         timeout=timeout,
     )
+
+
+def run_in_terminal(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> tuple[int, str]:
+    """Run an entry point as ``run_script`` does, with a terminal (a pseudo-terminal of 120 columns) for its
+    output: its exit status and everything it wrote, carriage returns kept."""
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    command = [sys.executable, str(ROOT / script), *args]
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdin=child, stdout=child, stderr=child)
+    os.close(child)
+    output, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline and select.select([main], [], [], deadline - time.monotonic())[0]:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the process has ended and closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait(), output.decode(errors="replace")
+
+
+def assert_no_empty_files(run_dir: Path) -> None:
+    assert [p for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size == 0] == [], "an empty file"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.config.checks import check_config, devices_asked
 from fashion_mnist_softmax.data.fashion_mnist import raw_dir
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.run.guards import StopOnDivergedLoss
@@ -80,6 +80,31 @@ def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(
     assert_clear_failure(result, phrase)
     assert result.stderr.strip().startswith("Error: ") and "HYDRA_FULL_ERROR" not in result.stderr
     assert not logs.exists(), "a run dir was made for a config that cannot run"
+
+
+NO_GPU = [] if torch.cuda.is_available() else ["trainer=gpu", "trainer.accelerator=cuda trainer.devices=2"]
+MACHINE = [
+    *NO_GPU,
+    f"trainer.accelerator=gpu trainer.devices={torch.cuda.device_count() + 1}",
+    "trainer.precision=8",
+    *([] if torch.backends.mps.is_available() else ["trainer.accelerator=mps"]),
+]
+
+
+@pytest.mark.parametrize("overrides", MACHINE)
+def test_trainer_settings_this_machine_cannot_run_are_refused_before_the_run_dir(tmp_path, overrides):
+    logs = tmp_path / "logs"
+    result = run_script("train.py", *overrides.split(), f"paths.log_dir={logs}", env=ONE_THREAD)
+    assert result.returncode == 2 and result.stderr.strip().startswith("Error: trainer.")
+    assert_clear_failure(result, "trainer.")
+    assert "HYDRA_FULL_ERROR" not in result.stderr and not logs.exists()
+
+
+@pytest.mark.parametrize(
+    ("devices", "count"), [(1, 1), ("2", 2), ("auto", None), (-1, None), ([0, 1, 2], 3), ("0,1", 2)]
+)
+def test_the_devices_a_trainer_asks_for_are_counted_as_lightning_counts_them(devices, count):
+    assert devices_asked(devices) == count
 
 
 def test_unknown_impl_lists_the_choices(tiny_train_args):

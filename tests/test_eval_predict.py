@@ -20,10 +20,10 @@ from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.run.checkpoints import DATA_STATE, check_checkpoint
 from fashion_mnist_softmax.run.evaluation import evaluate
-from fashion_mnist_softmax.run.metrics import CONFUSION, PREDICTIONS, TEST_ACC, TEST_LOSS, read_metrics
+from fashion_mnist_softmax.run.metrics import CONFUSION, METRICS_FILE, PREDICTIONS, TEST_ACC, TEST_LOSS, read_metrics
 from fashion_mnist_softmax.run.prediction import PREDICTIONS_FILE, predict
 
-from conftest import run_script, tiny_overrides
+from conftest import assert_no_empty_files, run_script, tiny_overrides
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -80,6 +80,12 @@ def test_a_lone_checkpoint_gives_its_runs_test_accuracy(trained, lone_checkpoint
     for name in (CONFUSION, PREDICTIONS):
         assert Image.open(out / "figures" / f"{name}.png").size[0] > 100
     assert "Traceback" not in result.stderr
+    acc, loss = evaluated[TEST_ACC], evaluated[TEST_LOSS]  # printed rounded, kept whole
+    assert result.stdout.splitlines()[-2:] == [
+        f"test acc {acc:.4f}, test loss {loss:.4f}",
+        f"metrics: {out / METRICS_FILE}",
+    ]
+    assert_no_empty_files(out)
 
 
 def test_nothing_written_later_changes_what_eval_computes(trained, compose_cfg, fake_archives, tmp_path):
@@ -169,6 +175,8 @@ def test_predict_py_labels_images_and_test_indices(lone_checkpoint, fake_archive
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
         line = f"{row['source']}" + (f" (true: {row['true']})" if "true" in row else "")
         assert line + f": {row['top'][0][0]} {probs[0]:.3f}" in result.stdout
+    assert result.stdout.splitlines()[-1] == f"predictions: {out / PREDICTIONS_FILE}"
+    assert_no_empty_files(out)
     indexed = rows[2:]
     assert all(row["true"] == row["top"][0][0] for row in indexed), "a trained model should get these right"
 

@@ -71,7 +71,10 @@ def fused(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def test_every_fused_job_equals_its_lone_run(fused, tiny_cfg, tmp_path):
     sweep_dir, _, result = fused
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Training 32 jobs as one fused group" in result.stdout + result.stderr
+    assert "Launching 32 jobs as 1 fused group of 32" in result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].endswith(
+        f"][HYDRA] 32 jobs (32 ok) in {sweep_dir}; summary: {sweep_dir}/summary.md"
+    )
     jobs = sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
     assert len(jobs) == 32
     for job, values in zip(jobs, itertools.product(*GRID.values()), strict=True):
@@ -197,7 +200,7 @@ def test_optuna_batches_train_fused_and_the_study_gets_each_jobs_value(fake_arch
     search += [f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=fused", "hydra/launcher=fused"]
     result = run_script("train.py", "-m", *common, f"paths.log_dir={tmp_path / 'logs'}", *search)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (result.stdout + result.stderr).count("Training 2 jobs as one fused group") == 2
+    assert (result.stdout + result.stderr).count("Launching 2 jobs as 1 fused group of 2") == 2
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     study = optuna.load_study(study_name="fused", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
@@ -213,8 +216,7 @@ def test_jobs_that_cannot_fuse_run_alone_and_say_why(fake_archives, tmp_path):
     result = run_script("train.py", *args, "impl=concise", "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert "Job 1 runs alone: the optimizer torch.optim.Adam is not SGD" in output
-    assert "Training 1 job as one fused group: 0" in output
+    assert "Launching 2 jobs as 1 fused group of 1; job 1 alone: the optimizer torch.optim.Adam is not SGD" in output
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert [read_metrics(sweep / job)[TEST_ACC] > 0.5 for job in ("0", "1")] == [True, True]
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
@@ -297,6 +299,22 @@ def test_sgd_options_the_fused_sgd_does_not_implement_run_alone(tiny_cfg, overri
         assert found is None
     else:
         assert found.startswith(reason) and found.endswith("which the fused SGD does not implement"), found
+
+
+@pytest.mark.parametrize(
+    ("override", "alone"),
+    [
+        ("+callbacks.best_checkpoint.save_top_k=3", True),
+        ("callbacks.best_checkpoint.monitor=val/loss", True),
+        ("callbacks.best_checkpoint.mode=min", True),
+        ("+callbacks.best_checkpoint.save_top_k=1", False),
+    ],
+)
+def test_a_job_keeping_another_best_checkpoint_than_the_fused_one_runs_alone(tiny_cfg, override, alone):
+    """A member keeps one best checkpoint, by the highest val/acc: a job that asks for others runs alone."""
+    found = why_not_fused(OmegaConf.to_container(tiny_cfg(override), resolve=True))
+    assert (found == "a best checkpoint other than the one of the highest val/acc (monitor, mode, save_top_k)") == alone
+    assert alone or found is None
 
 
 def test_a_fused_checkpoint_is_evaluated_and_predicted_with_but_not_resumed(fused, compose_cfg, tmp_path):

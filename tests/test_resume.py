@@ -23,8 +23,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_mnist_softmax.run.metrics import (
+    COMPLETED,
     EPOCH_TIME,
+    INTERRUPTED,
     METRICS_FILE,
+    STATUS,
     TEST_ACC,
     TEST_LOSS,
     TRAIN_ACC,
@@ -130,7 +133,7 @@ def runs(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     )
     for name, status in (("sigint", 1), ("sigterm", 128 + signal.SIGTERM)):
         last = root / name / "checkpoints" / "last.ckpt"
-        assert stopped[name][0] == status and f"Interrupted: saved {last}" in stopped[name][1]
+        assert stopped[name][0] == status and f"of {EPOCHS} epochs: saved {last}. Resume with:" in stopped[name][1]
         step = torch.load(last, weights_only=True)["global_step"]
         assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH, "saved by the signal, in the middle of epoch 2"
         assert list((root / name / "checkpoints").glob("epoch000-*.ckpt")), "the best checkpoint of epoch 1 is gone"
@@ -177,21 +180,32 @@ def test_a_signal_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(ru
     assert resumed[TEST_ACC] == pytest.approx(a[TEST_ACC], abs=1e-6)
 
 
-def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whole(fake_archives, tiny_cfg, tmp_path):
+def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whole(fake_archives, tmp_path):
     """A checkpoint taken after an epoch's last step would resume into a finished epoch, whose validation and
     history row Lightning then skips: the run stops once the epoch has ended, its checkpoints written. (Resuming
     from an epoch's end gives the uninterrupted run's history: the SIGKILL test above.)"""
     run = tmp_path / "run"
     base = [*tiny_overrides(fake_archives, tmp_path / "data", run), f"hydra.run.dir={run}"]  # 2 epochs of 14 steps
     signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=1"]
-    interrupted = run_script("train.py", *base, *signal_at, env={"PYTHONPATH": str(ROOT / "tests")})
+    tests = {"PYTHONPATH": str(ROOT / "tests")}
+    interrupted = run_script("train.py", *base, *signal_at, env=tests)
     last = run / "checkpoints" / "last.ckpt"
     assert interrupted.returncode == 1, interrupted.stderr[-2000:]
-    assert f"Interrupted after epoch 1. Resume with ckpt_path={last}" in interrupted.stdout
+    said = interrupted.stdout.splitlines()
+    command = said[said.index(f"Interrupted after 1 of 2 epochs: saved {last}. Resume with:") + 1]
+    assert "KeyboardInterrupt" not in interrupted.stdout + interrupted.stderr
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == 14 and len(saved["callbacks"]["EpochSummary"]["history"]) == 1
+    stopped = read_metrics(run)  # written when it stopped
+    assert stopped[STATUS] == INTERRUPTED and [row["epoch"] for row in stopped["history"]] == [1]
 
-    history = train(tiny_cfg(f"ckpt_path={last}"))["history"]  # the resume needs no process of its own
+    on_path = {**os.environ, **tests, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    resumed = subprocess.run(["bash", "-c", command], cwd=ROOT, env=on_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]  # pasted as printed, it finishes the run in its dir
+    assert "Checkpoint directory" not in resumed.stdout + resumed.stderr
+    finished = read_metrics(run)
+    history = finished["history"]
+    assert finished[STATUS] == COMPLETED and finished[TEST_ACC] is not None
     assert torch.load(last, weights_only=True)["global_step"] == 2 * 14
     assert [row["epoch"] for row in history] == [1, 2]
     for row in history:  # epoch 1 kept its validation and its row

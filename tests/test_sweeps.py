@@ -112,6 +112,8 @@ def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> 
     # without a pruner (hydra/sweeper/pruner=nop, the default) a job is not told its trial: it runs as before
     assert all(read_metrics(j)["hparams"]["trial"] is None for j in jobs)
     assert "1 new trial: 1 completed, 0 pruned, 0 failed" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(f"1 job (1 ok) in {second}; summary: {second / SUMMARY_MD}")
+    assert not [p for p in second.rglob("*") if p.is_file() and p.stat().st_size == 0], "an empty file"
 
 
 def test_submitit_slurm_launcher_composes_for_ddp() -> None:

@@ -59,6 +59,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "trainer.log_every_n_steps": (lambda v: v >= 0, "a whole number of at least 0"),
     "trainer.strategy": (lambda v: v in ("auto", "ddp"), "auto (one process) or ddp (trainer=ddp)"),
+    "trainer.accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "auto, cpu, gpu (cuda) or mps"),
+    "trainer.precision": (
+        lambda v: v in ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
+        "32-true, 16-mixed, bf16-mixed, 16-true, bf16-true or 64-true",
+    ),
     **{
         f"trainer.limit_{stage}_batches": (
             lambda v: _batches(v, 0),
@@ -170,6 +175,40 @@ def multi_node_refusal(num_nodes: int) -> UserError:
     )
 
 
+def devices_asked(devices: Any) -> int | None:
+    """How many devices ``trainer.devices`` asks for: a number, a list of ids or ``"0,1"``; None for all (auto, -1)."""
+    if isinstance(devices, ListConfig | list):
+        return len(devices)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    return None if str(devices) in ("auto", "-1") else int(devices)
+
+
+def _check_machine(trainer: DictConfig) -> None:
+    """Refuse an accelerator this machine lacks, more GPUs than it has, and bf16 on a GPU without it."""
+    import torch  # only once every check without it has passed
+
+    gpus = torch.cuda.device_count()
+    available = {"gpu": gpus > 0, "cuda": gpus > 0, "mps": torch.backends.mps.is_available()}
+    if not available.get(trainer.accelerator, True):
+        raise UserError(
+            f"trainer.accelerator={trainer.accelerator} asks for a device this machine does not have (torch finds "
+            f"{gpus} CUDA GPUs{', and no MPS' if trainer.accelerator == 'mps' else ''}). Leave trainer.accelerator "
+            f"out (auto: a GPU when there is one), or use trainer.accelerator=cpu."
+        )
+    if trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and gpus > 0):
+        if (asked := devices_asked(trainer.devices)) is not None and asked > gpus:
+            raise UserError(
+                f"trainer.devices={trainer.devices} asks for {asked} GPUs, and this machine has {gpus}. Use "
+                f"trainer.devices={gpus} or fewer, or trainer.devices=auto for all of them."
+            )
+        if str(trainer.get("precision")).startswith("bf16") and not torch.cuda.is_bf16_supported():
+            raise UserError(
+                f"trainer.precision={trainer.precision}: this machine's GPU has no bfloat16. Use "
+                f"trainer.precision=16-mixed, or 32-true."
+            )
+
+
 def as_list(value: Any) -> list[Any]:
     """A command-line value as a list: ``a.jpg`` and ``[a.jpg,b/]`` alike."""
     if value is None:
@@ -207,6 +246,7 @@ def _check_train(cfg: DictConfig) -> None:
             f"for other optimizers."
         )
     _check_batch_fractions(cfg, ("train", "val", "test"))
+    _check_machine(cfg.trainer)
     if cfg.test_ckpt == "best" and cfg.trainer.limit_val_batches == 0:
         raise UserError(
             "test_ckpt=best tests the checkpoint with the best val/acc, and trainer.limit_val_batches=0 turns "
@@ -230,6 +270,7 @@ def _check_eval(cfg: DictConfig) -> None:
             f"trainer.devices): Lightning would start the other processes by running eval.py again, inside this "
             f"run's directory. Leave trainer=ddp and trainer.devices out: the test set takes seconds on one device."
         )
+    _check_machine(cfg.trainer)
     writable(cfg.data.root, "The data folder (data.root)")
     _given_checkpoint(cfg)
 

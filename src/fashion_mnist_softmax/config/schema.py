@@ -45,7 +45,7 @@ class TrainerConfig:
     devices: Any = 1  # a number, a list of device ids, or "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: Optional[str] = None
+    precision: str = "32-true"
     max_epochs: int = 10
     min_epochs: Optional[int] = None
     max_steps: int = -1

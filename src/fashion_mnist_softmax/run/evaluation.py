@@ -13,8 +13,10 @@ from fashion_mnist_softmax import console
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run.checkpoints import load_model
+from fashion_mnist_softmax.run.history import test_line
 from fashion_mnist_softmax.run.inspection import Figures
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS
+from fashion_mnist_softmax.run.progress import EpochProgressBar
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -32,9 +34,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[Figures(out_dir / "figures")],
+        callbacks=[Figures(out_dir / "figures"), EpochProgressBar(show_test=True)],
     )
-    tested = trainer.test(model, datamodule=datamodule)[0]
+    tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     metrics = {
         "impl": model.name,
         "ckpt_path": str(cfg.ckpt_path),
@@ -43,4 +45,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json_atomic(out_dir / METRICS_FILE, metrics)
+        print(f"{test_line(tested)}\nmetrics: {out_dir / METRICS_FILE}")
     return metrics

@@ -31,7 +31,7 @@ def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "
     :class:`JobFailed` that Hydra's launchers and sweepers take as the job's failure."""
     reason = error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
     (Path(job_dir) / ERROR_FILE).write_text(reason + "\n" + details)
-    print(f"\nJob {num} failed: " + paragraph(reason), file=sys.stderr, flush=True)
+    print(f"\nJob {num} failed: " + paragraph(reason) + details, file=sys.stderr, flush=True)  # a bug's traceback
     return JobFailed(f"Job {num} failed: {reason}")
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.run.run_dirs import hydra_value
 
 
 class DivergedLoss:
@@ -72,7 +76,7 @@ class SaveOnInterrupt(L.Callback):
     resumes exactly where the run stopped. A SIGINT during an epoch's last step or its validation stops
     the run once the epoch has ended and its checkpoints are written: a checkpoint taken after the last
     step would resume into a finished epoch, whose validation and epoch end Lightning then skips.
-    Exit status: 1 after SIGINT, 128 + 15 after SIGTERM.
+    The run then says how to resume (:func:`resume_command`). Exit status: 1 after SIGINT, 128 + 15 after SIGTERM.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
@@ -87,13 +91,9 @@ class SaveOnInterrupt(L.Callback):
     def _note_interrupt(self, signum: int, frame: Any) -> None:
         self._interrupted = True
 
-    def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
-        trainer.lightning_module.print(f"Interrupted: saved {self.path}. Resume with ckpt_path={self.path}")
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if self._interrupted and not trainer.is_last_batch:
-            self._save(trainer)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
             raise KeyboardInterrupt
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -102,15 +102,23 @@ class SaveOnInterrupt(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._interrupted:  # after an epoch's end: every checkpoint is written
-            pl_module.print(f"Interrupted after epoch {trainer.current_epoch}. Resume with ckpt_path={self.path}")
             raise KeyboardInterrupt
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
-            self._save(trainer)
+            trainer.save_checkpoint(self.path, weights_only=False)
             exception.code = 128 + signal.SIGTERM  # Lightning's own exit would read as success
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+
+
+def resume_command(run_dir: Path, ckpt_path: Path) -> str:
+    """The command that resumes this run in its own dir from ``ckpt_path``: the run's own overrides, then its dir
+    and checkpoint, quoted for the shell."""
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
+    dirs = [f"hydra.run.dir={hydra_value(run_dir)}", f"ckpt_path={hydra_value(ckpt_path)}"]
+    return shlex.join(["python", sys.argv[0], *kept, *dirs])

@@ -112,6 +112,11 @@ def epoch_line(row: dict[str, float]) -> str:
     )
 
 
+def test_line(tested: dict[str, float]) -> str:
+    """A test's results, rounded for reading; ``metrics.json`` keeps them whole."""
+    return f"test acc {tested[TEST_ACC]:.4f}, test loss {tested[TEST_LOSS]:.4f}"
+
+
 def run_metrics(
     impl: str,
     seed: int,

@@ -16,8 +16,9 @@ HP_VAL_ACC_BEST, HP_TEST_ACC, HP_TEST_LOSS = "hp/val_acc_best", "hp/test_acc", "
 # the figures: TensorBoard image tags and PNG names under <run_dir>/figures/
 SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES = "samples", "predictions", "weights", "confusion", "curves"
 METRICS_FILE = "metrics.json"
-# metrics.json's status: a run that trained its epochs and was tested, or a search's job its trial's pruner stopped
-STATUS, COMPLETED, PRUNED = "status", "completed", "pruned"
+# metrics.json's status: a run that trained its epochs and was tested, a search's job its trial's pruner stopped,
+# or a run stopped by Ctrl-C or SIGTERM, which its last.ckpt resumes
+STATUS, COMPLETED, PRUNED, INTERRUPTED = "status", "completed", "pruned", "interrupted"
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:

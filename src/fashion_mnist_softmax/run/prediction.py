@@ -59,5 +59,6 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         row["top"] = top
         truth = f" (true: {row['true']})" if "true" in row else ""
         print(f"{row['source']}{truth}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
-    write_json_atomic(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, rows)
+    write_json_atomic(path := Path(cfg.paths.output_dir) / PREDICTIONS_FILE, rows)
+    print(f"predictions: {path}")
     return rows

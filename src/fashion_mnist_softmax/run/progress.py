@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 import lightning as L
@@ -20,23 +22,44 @@ class ParameterSummary(L.Callback):
 
 
 class EpochProgressBar(TQDMProgressBar):
-    """Lightning's tqdm progress bar, for training only, with the epochs counted from 1 as in the epoch lines."""
+    """Lightning's tqdm progress bar for training, the epochs counted from 1 as in the epoch lines, and, with
+    ``show_test``, for testing (``eval.py``). It draws on a terminal only: in a file or a pipe each redraw would
+    be a line of its own, and the epoch lines say how training goes."""
+
+    def __init__(self, refresh_rate: int = 1, show_test: bool = False) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.show_test = show_test
+        if not sys.stdout.isatty():
+            self.disable()  # and the run's lines are printed as they are, not through a bar
 
     @property
     def train_description(self) -> str:
         return f"epoch {self.trainer.current_epoch + 1}/{self.trainer.max_epochs}"
 
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        bar = self.train_progress_bar
-        bar.reset(convert_inf(self.total_train_batches))
-        bar.initial = 0
-        bar.set_description(self.train_description)
-
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)
 
     def init_test_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
+        return super().init_test_tqdm() if self.show_test else Tqdm(disable=True)
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self._start_epoch()  # a run resumed in the middle of an epoch starts no epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        bar = self.train_progress_bar
+        bar.reset(convert_inf(self.total_train_batches))
+        bar.initial = 0
+        bar.n = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # 0 unless resumed mid-epoch
+        bar.set_description(self.train_description)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        with contextlib.suppress(TypeError):  # TypeError: training had not started
+            self.train_progress_bar.leave = False  # it would stay on the screen above the run's last words
+            self.train_progress_bar.close()
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)

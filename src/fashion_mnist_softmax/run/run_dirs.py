@@ -10,6 +10,7 @@ and names it ``<time>_1``, ``<time>_2``, ... when another run took the name firs
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,12 @@ def claim(wanted: Path) -> Path:
         except FileExistsError:
             continue
     raise AssertionError("unreachable")
+
+
+def hydra_value(path: str | Path) -> str:
+    """A path as a value on Hydra's command line: quoted where Hydra's grammar would split it."""
+    text = str(path)
+    return text if re.fullmatch(r"[\w./-]+", text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _given(config: DictConfig, key: str) -> bool:
@@ -67,8 +74,7 @@ def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
     with read_write(config.hydra), open_dict(config.hydra):
         node.dir = str(claimed)
         if kind == "sweep":  # each job's config is composed again from these overrides
-            quoted = str(claimed).replace("\\", "\\\\").replace("'", "\\'")
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_value(claimed)}")
 
 
 class CheckConfigAndClaimRunDir(Callback):

@@ -16,8 +16,9 @@ from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed, loggers
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
-from fashion_mnist_softmax.run.history import EpochSummary, run_metrics
-from fashion_mnist_softmax.run.metrics import METRICS_FILE, PRUNED, VAL_ACC
+from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command
+from fashion_mnist_softmax.run.history import EpochSummary, run_metrics, test_line
+from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
 from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
 
 
@@ -64,7 +65,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary.load_state_dict(resumed["callbacks"][EpochSummary.__qualname__])
         test_ckpt = cfg.ckpt_path
     else:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        except SystemExit:  # Ctrl-C or SIGTERM: SaveOnInterrupt saved last.ckpt
+            if trainer.interrupted and trainer.is_global_zero:
+                metrics = run_metrics(model.name, cfg.seed, {}, None, hparams, summary.history, status=INTERRUPTED)
+                _interrupted(trainer, run_dir, metrics)
+            raise
         if any(isinstance(c, ReportToTrial) and c.pruned_at for c in callbacks):  # its search stopped it: untested
             metrics = run_metrics(model.name, cfg.seed, {}, None, hparams, summary.history, status=PRUNED)
             return _finish(trainer, run_dir, metrics)
@@ -77,8 +84,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 f"was chosen by {VAL_ACC}. Use test_ckpt=last to test the final model."
             )
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
-    tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)[0]
+    tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)[0]
+    if trainer.is_global_zero:
+        print(test_line(tested))
     return _finish(trainer, run_dir, run_metrics(model.name, cfg.seed, tested, test_ckpt, hparams, history))
+
+
+def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Write the stopped run's ``metrics.json`` (its finished epochs), and say how to resume it."""
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    ckpt = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)).path
+    print(
+        f"Interrupted after {len(metrics['history'])} of {trainer.max_epochs} epochs: saved {ckpt}. Resume with:\n"
+        f"  {resume_command(run_dir, ckpt)}"
+    )
 
 
 def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -1,18 +1,19 @@
 """A multirun's summary in its sweep dir: ``summary.csv`` and ``summary.md``, rewritten as each job ends.
 
-One row per job, best ``val/acc_best`` first, then pruned jobs with the epoch they stopped at, failed jobs last
-with their reason; with Optuna, the trial number; when the sweep varies ``seed``, also the mean ± std over seeds
-of every other configuration (``summary_seeds.csv``). The summary is written when each job ends, so that it is
-there even when a failed job ends the sweep, and when the multirun ends. A sweep with a failed job ends non-zero
-through its sweeper, never through this callback, whose exceptions Hydra only warns about: Hydra's basic sweeper
-raises the failed job's :class:`JobFailed`, and the Optuna sweeper, which goes on past failed trials, calls
-:func:`end_sweep` (``hydra_plugins/fashion_mnist_softmax_sweeps/_optuna.py``).
+One row per job, best ``val/acc_best`` first, then pruned and interrupted jobs with the epoch they stopped at,
+failed jobs last with their reason; with Optuna, the trial number; when the sweep varies ``seed``, also the mean
+± std over seeds of every other configuration (``summary_seeds.csv``). The summary is written when each job
+ends, so that it is there even when the sweep is stopped, and when the multirun ends, which then names it, and
+ends with status 1 if a job failed: the sweepers (``hydra/sweeper=grid``, ``optuna``) go on past failed jobs.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import statistics
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,23 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fashion_mnist_softmax.errors import JobFailed
 from fashion_mnist_softmax.run.failures import ERROR_FILE
-from fashion_mnist_softmax.run.metrics import METRICS_FILE, PRUNED, TEST_ACC, TEST_LOSS, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.run.metrics import (
+    INTERRUPTED,
+    METRICS_FILE,
+    PRUNED,
+    TEST_ACC,
+    TEST_LOSS,
+    VAL_ACC_BEST,
+    read_metrics,
+)
 from fashion_mnist_softmax.run.metrics import STATUS as STATUS_KEY
 
 SUMMARY_CSV, SUMMARY_MD, SEEDS_CSV = "summary.csv", "summary.md", "summary_seeds.csv"
+LOCK = ".summary.lock"
 SUMMARY_METRICS = (VAL_ACC_BEST, TEST_ACC, TEST_LOSS)
 SEED, STATUS, REASON, TRIAL = "seed", "status", "reason", "trial"
+log = logging.getLogger(__name__)
 
 
 class SweepSummary(Callback):
@@ -40,14 +50,16 @@ class SweepSummary(Callback):
             write_summary(Path(config.hydra.sweep.dir), config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(Path(config.hydra.sweep.dir), config, final=True)
-
-
-def end_sweep(sweep_dir: Path, config: DictConfig) -> None:
-    """Write the final summary; raise :class:`JobFailed`, one line, if any job failed (for a sweeper to call)."""
-    rows = write_summary(sweep_dir, config, final=True)
-    if failed := [row for row in rows if row[STATUS] == "failed"]:
-        raise JobFailed(f"{len(failed)} of {len(rows)} jobs failed: see {sweep_dir / SUMMARY_MD}.")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir, config, final=True)
+        (sweep_dir / LOCK).unlink(missing_ok=True)  # no job is left to write the summary
+        counts = ", ".join(f"{n} {status}" for status, n in Counter(row[STATUS] for row in rows).items())
+        log.info(
+            f"{len(rows)} job{'s' * (len(rows) != 1)} ({counts}) in {sweep_dir}; summary: {sweep_dir / SUMMARY_MD}"
+        )
+        if failed := sum(row[STATUS] == "failed" for row in rows):
+            print(f"{failed} of {len(rows)} jobs failed: see {sweep_dir / SUMMARY_MD}.", file=sys.stderr, flush=True)
+            sys.exit(1)  # an exception here would only be a warning of Hydra's
 
 
 def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
@@ -60,8 +72,8 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
         found, status, reason = {}, "running", ""
         if (job_dir / METRICS_FILE).is_file():
             found = read_metrics(job_dir)
-            status = PRUNED if found.get(STATUS_KEY) == PRUNED else "ok"
-            reason = f"pruned after epoch {len(found['history'])}" if status == PRUNED else ""
+            status = found[STATUS_KEY] if found.get(STATUS_KEY) in (PRUNED, INTERRUPTED) else "ok"
+            reason = f"{status} after epoch {len(found['history'])}" if status != "ok" else ""
         elif (job_dir / ERROR_FILE).is_file():
             status, reason = "failed", (job_dir / ERROR_FILE).read_text().split("\n\n")[0].strip()
         elif final:
@@ -162,7 +174,7 @@ def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool = False) -> list[dict[str, Any]]:
     """Write ``summary.csv``/``summary.md`` (and ``summary_seeds.csv``) into ``sweep_dir``; return the rows."""
-    with FileLock(str(sweep_dir / ".summary.lock")):  # jobs that end together write one after the other
+    with FileLock(str(sweep_dir / LOCK)):  # jobs that end together write one after the other
         jobs = read_jobs(sweep_dir, final)
         if not jobs:
             return []

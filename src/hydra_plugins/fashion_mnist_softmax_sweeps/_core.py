@@ -75,17 +75,25 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         jobs.append(_prepare(launcher, overrides, idx))
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # Hydra's, as jobs end
     groups: dict[str, list[_Job]] = {}
+    alone: dict[int, str] = {}
     for job in jobs:
-        reason = why_not_fused(job.resolved)
-        if reason is None:
+        if (reason := why_not_fused(job.resolved)) is None:
             groups.setdefault(group_key(job.resolved, job.written), []).append(job)
-        else:  # it runs alone, as under the basic launcher
-            log.info(f"Job {job.config.hydra.job.num} runs alone: {reason}")
+        else:
+            alone[job.config.hydra.job.num] = reason
+    sizes = " + ".join(str(len(members)) for members in groups.values())
+    log.info(
+        f"Launching {len(jobs)} jobs as {len(groups)} fused group{'s' * (len(groups) != 1)}"
+        + (f" of {sizes}" if groups else "")
+        + "".join(f"; job {num} alone: {reason}" for num, reason in alone.items())
+    )
+    for job in jobs:  # as under the basic launcher
+        if job.config.hydra.job.num in alone:
             job.ret = _run_job(job.config, launcher.task_function, launcher.hydra_context)
+            configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     for members in groups.values():
-        numbers = ", ".join(str(job.config.hydra.job.num) for job in members)
-        log.info(f"Training {len(members)} job{'s' * (len(members) > 1)} as one fused group: {numbers}")
         for job in members:
             HydraConfig.instance().set_config(job.config)
             launcher.hydra_context.callbacks.on_job_start(config=job.config, task_function=launcher.task_function)

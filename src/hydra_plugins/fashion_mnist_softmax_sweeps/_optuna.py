@@ -23,8 +23,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from fashion_mnist_softmax.console import refuse
-from fashion_mnist_softmax.errors import JobFailed, UserError
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, end_sweep, write_summary
+from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.sweeps.trials import STORAGES, Pruned
 
 from .optuna_sweeper import OptunaSweeper
@@ -147,7 +146,3 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
         log.info(f"Best trial {best.number}: value {best.value}, parameters {best.params}")
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-    if job_idx and failed == job_idx:
-        write_summary(sweep_dir, config, final=True)
-        raise JobFailed(f"Every trial of the search failed: see {sweep_dir / SUMMARY_MD}.")
-    end_sweep(sweep_dir, config)  # JobFailed, in one line, if some trials failed

@@ -1,4 +1,5 @@
-"""The plugins' configs, dataclasses in Hydra's ConfigStore: ``hydra/launcher=fused``, ``hydra/sweeper=optuna``,
+"""The plugins' configs, dataclasses in Hydra's ConfigStore: ``hydra/launcher=fused``, ``hydra/sweeper=grid``,
+``hydra/sweeper=optuna``,
 its samplers ``hydra/sweeper/sampler=tpe|random`` and its pruners ``hydra/sweeper/pruner=nop|median|percentile|
 hyperband|successive_halving`` (Optuna's, with their own arguments and defaults)."""
 
@@ -16,6 +17,16 @@ class FusedLauncherConf:
     """``hydra/launcher=fused``: train the jobs of each batch the sweeper hands over as fused groups."""
 
     _target_: str = "hydra_plugins.fashion_mnist_softmax_sweeps.fused_launcher.FusedLauncher"
+
+
+@dataclass
+class GridSweeperConf:
+    """``hydra/sweeper=grid``: Hydra's basic sweeper (its keys), going on past jobs that failed in the project's
+    way."""
+
+    _target_: str = "hydra_plugins.fashion_mnist_softmax_sweeps.grid_sweeper.GridSweeper"
+    max_batch_size: int | None = None  # jobs launched together; None: the whole grid
+    params: dict[str, str] | None = None  # the grid, e.g. optim.lr: 0.03,0.1
 
 
 @dataclass
@@ -93,6 +104,7 @@ class OptunaSweeperConf:
 
 store = ConfigStore.instance()
 store.store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="fashion_mnist_softmax")
+store.store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="fashion_mnist_softmax")
 store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="fashion_mnist_softmax")
 store.store(group="hydra/sweeper/sampler", name="tpe", node=TPESamplerConf, provider="fashion_mnist_softmax")
 store.store(group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="fashion_mnist_softmax")
