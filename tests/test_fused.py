@@ -336,3 +336,31 @@ def test_a_fused_checkpoint_is_evaluated_and_predicted_with_but_not_resumed(fuse
     overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'predict'}", "indices=[0,1]", *data]
     (tmp_path / "predict").mkdir()
     assert len(predict(compose_cfg(overrides, "predict"))) == 2  # eval.py: the test above
+
+
+def test_a_fused_sweeps_job_dirs_are_a_basic_sweeps(fake_archives, tmp_path):
+    """The same two jobs under both launchers: the same files in each job dir (TensorBoard event files named apart
+    by host and time; a lone run opens a second one to test), and the same ``.hydra/``, composed once under the
+    fused launcher, but for the launcher and the dirs."""
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    sweeps = {}
+    for launcher in ("basic", "fused"):
+        sweep = tmp_path / launcher
+        args = ["-m", *common, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", "impl=scratch,concise"]
+        result = run_script("train.py", *args, "trainer.max_epochs=1", f"paths.log_dir={tmp_path / 'logs'}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        sweeps[launcher] = sweep
+
+    def layout(job: Path) -> set[str]:
+        return {re.sub(r"events\.out\.tfevents\..*", "events", str(p.relative_to(job))) for p in job.rglob("*")}
+
+    def written(job: Path, name: str) -> str:
+        text = (job / ".hydra" / name).read_text().replace(str(job.parent), "<sweep>")
+        return re.sub(r"(?m)^(  launcher:\n(    .*\n)*)|hydra/launcher[=:] ?\w+", "", text)
+
+    for job in ("0", "1"):
+        basic, fused = sweeps["basic"] / job, sweeps["fused"] / job
+        assert layout(basic) == layout(fused)
+        for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+            assert written(basic, name) == written(fused, name), name
+    assert layout(sweeps["basic"]) == layout(sweeps["fused"])

@@ -5,6 +5,7 @@ Such a job said why on the console and in its ``error.txt``; Hydra's basic sweep
 batch's end, print it again with its overrides, and add a stack-trace tip. Here it is handed to the sweeper as
 ended; ``summary.md`` lists it, and the multirun ends with status 1 (``fashion_mnist_softmax/sweeps/summary.py``).
 A job that failed before it could say why (its config could not be composed) still stops the sweep, as in Hydra.
+Under the fused launcher, which composes every job of a batch before it trains any, a batch is composed once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from .fused_launcher import FusedLauncher
 
 ERROR_FILE = "error.txt"  # fashion_mnist_softmax.run.failures.ERROR_FILE, without importing the project at scan
 
@@ -46,3 +49,9 @@ class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.launcher = _GoOnPastFailedJobs(self.launcher)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Compose each job of the batch, so that a job that cannot be composed stops the sweep before any job
+        runs; the fused launcher composes every job before it trains any, so its batch is composed once."""
+        if not isinstance(self.launcher.launcher, FusedLauncher):
+            super().validate_batch_is_legal(batch)
