@@ -170,21 +170,15 @@ def case_plain(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: 
     return {"n_train": n, "epoch_s": epoch_s, "pass_s": pass_s, "import_s": import_s}
 
 
-def case_bare(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: str = "cpu") -> dict:
-    """Lightning's own floor: a bare LightningModule with the impl's arithmetic (nn.Linear, cross-entropy and
-    torch.optim.SGD; or the scratch W, b, cross_entropy and SGD), automatic optimization and nothing else,
-    on the project's in-memory batches, timed like the project's epochs."""
-    start = time.perf_counter()
-    import lightning as L
+def _softmax_regression(impl: str):
+    """The impl's arithmetic as a module: its logits, its loss and its optimizer (nn.Linear, cross-entropy and
+    torch.optim.SGD; or the scratch W, b, cross_entropy and SGD)."""
     import torch
     from torch import nn
 
-    from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
     from fashion_mnist_softmax.models import scratch
 
-    import_s = time.perf_counter() - start
-
-    class Bare(L.LightningModule):
+    class SoftmaxRegression(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             if impl == "scratch":
@@ -192,40 +186,148 @@ def case_bare(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: s
             else:
                 self.linear = nn.Linear(784, 10)
 
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            if impl == "scratch":
-                return scratch.cross_entropy(x.reshape(-1, 784) @ self.W + self.b, y)
-            return nn.functional.cross_entropy(self.linear(x.flatten(1)), y)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(-1, 784) @ self.W + self.b if impl == "scratch" else self.linear(x.flatten(1))
 
-        def configure_optimizers(self):
+        def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return scratch.cross_entropy(logits, y) if impl == "scratch" else nn.functional.cross_entropy(logits, y)
+
+        def optimizer(self) -> torch.optim.Optimizer:
             return (scratch.SGD if impl == "scratch" else torch.optim.SGD)(self.parameters(), lr=LR)
+
+    return SoftmaxRegression()
+
+
+def _timed_fit(module, root: Path, epochs: int, accelerator: str, import_s: float, **trainer_args) -> dict:
+    """Fit ``module`` on the project's in-memory batches; each epoch's training time, validation excluded, as in
+    the project's ``metrics.json``."""
+    import lightning as L
+
+    from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 
     class Clock(L.Callback):
         def __init__(self) -> None:
             self.epoch_s: list[float] = []
+            self.start: float | None = None
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.start = time.perf_counter()
 
+        def stop(self) -> None:
+            if self.start is not None:
+                self.epoch_s.append(time.perf_counter() - self.start)
+                self.start = None
+
+        def on_validation_start(self, trainer, pl_module) -> None:
+            self.stop()
+
         def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.epoch_s.append(time.perf_counter() - self.start)
+            self.stop()
 
     dm = FashionMNISTDataModule(str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[], download=False)
     clock = Clock()
+    callbacks = [clock, *trainer_args.pop("callbacks", [])]
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=accelerator,
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
-        callbacks=[clock],
+        callbacks=callbacks,
+        **trainer_args,
     )
-    trainer.fit(Bare(), datamodule=dm)
+    trainer.fit(module, datamodule=dm)
     return {"n_train": len(dm.train_set), "epoch_s": clock.epoch_s, "pass_s": 0.0, "import_s": import_s}
+
+
+def case_bare(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: str = "cpu") -> dict:
+    """Lightning's own floor: a bare LightningModule with the impl's arithmetic, automatic optimization and
+    nothing else: no metrics, no logger, no callbacks."""
+    start = time.perf_counter()
+    import lightning as L
+
+    import_s = time.perf_counter() - start
+
+    class Bare(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _softmax_regression(impl)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return self.net.loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            return self.net.optimizer()
+
+    off = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return _timed_fit(Bare(), root, epochs, accelerator, import_s, **off)
+
+
+def case_template(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: str = "cpu") -> dict:
+    """What a lightning-hydra-template user writes for the same model (its ``mnist_module.py`` pattern and default
+    callbacks): torchmetrics updated and logged at every step and validated every epoch, ``val/acc_best``, a
+    ModelCheckpoint on val/acc, the model summary, Rich's progress bar and the TensorBoard logger."""
+    start = time.perf_counter()
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torchmetrics import MaxMetric, MeanMetric
+    from torchmetrics.classification.accuracy import Accuracy
+
+    import_s = time.perf_counter() - start
+
+    class TemplateModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters(logger=False)
+            self.net = _softmax_regression(impl)
+            self.train_acc, self.val_acc = (
+                Accuracy("multiclass", num_classes=10),
+                Accuracy("multiclass", num_classes=10),
+            )
+            self.train_loss, self.val_loss, self.val_acc_best = MeanMetric(), MeanMetric(), MaxMetric()
+
+        def on_train_start(self) -> None:
+            self.val_loss.reset()
+            self.val_acc.reset()
+            self.val_acc_best.reset()
+
+        def model_step(self, batch):
+            x, y = batch
+            logits = self.net(x)
+            return self.net.loss(logits, y), torch.argmax(logits, dim=1), y
+
+        def training_step(self, batch, batch_idx):
+            loss, preds, targets = self.model_step(batch)
+            self.train_loss(loss)
+            self.train_acc(preds, targets)
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx) -> None:
+            loss, preds, targets = self.model_step(batch)
+            self.val_loss(loss)
+            self.val_acc(preds, targets)
+            self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+        def on_validation_epoch_end(self) -> None:
+            self.val_acc_best(self.val_acc.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+        def configure_optimizers(self):
+            return self.net.optimizer()
+
+    out = root.parent / f"template-{impl}"
+    callbacks = [
+        ModelCheckpoint(out / "checkpoints", monitor="val/acc", mode="max", save_last=True),
+        RichModelSummary(max_depth=-1),
+        RichProgressBar(),
+    ]
+    logger = TensorBoardLogger(out, name="tensorboard")
+    return _timed_fit(TemplateModule(), root, epochs, accelerator, import_s, callbacks=callbacks, logger=logger)
 
 
 def case_project_pass(root: Path, epochs: int, impl: str, data_dir: Path, accelerator: str = "cpu") -> dict:
@@ -249,7 +351,13 @@ def case_project_pass(root: Path, epochs: int, impl: str, data_dir: Path, accele
     return {"n_train": len(dm.train_set), "pass_s": statistics.median(passes), "import_s": import_s}
 
 
-CASES = {"seed": case_seed, "plain": case_plain, "bare": case_bare, "project-pass": case_project_pass}
+CASES = {
+    "seed": case_seed,
+    "plain": case_plain,
+    "bare": case_bare,
+    "template": case_template,
+    "project-pass": case_project_pass,
+}
 
 
 # ---- the driver --------------------------------------------------------------------------------
@@ -331,6 +439,11 @@ SWEEP_GRIDS = {
     ],
 }
 SWEEP_CALLBACKS = ("none", "default")
+SWEEP_TARGETS = {  # (jobs, callbacks): the least speed-up of the fused launcher over each other launcher
+    (32, "none"): {"basic": 8, "joblib": 3},
+    (32, "default"): {"basic": 5},
+    (128, "none"): {"basic": 10},
+}
 LOSS_TOL, ACC_TOL = 1e-4, 0.002  # the correctness tolerances of the fused launcher
 
 
@@ -385,7 +498,8 @@ def sweeps(
     plain_job_s: float | None,
     callbacks_choices: list[str] = SWEEP_CALLBACKS,
 ) -> list[dict]:
-    """Each sweep of ``sizes`` under the basic launcher and the fused one, with each of ``callbacks_choices``
+    """Each sweep of ``sizes`` under the basic launcher, joblib with one job per core, and the fused launcher,
+    with each of ``callbacks_choices``
     (callbacks=none, the default callbacks), side by side; ``plain_job_s`` is the plain loop's process time for
     one job, imports included."""
     rows = []
@@ -394,6 +508,10 @@ def sweeps(
         for callbacks in callbacks_choices:
             lone, _ = train_py(out, f"lone-{callbacks}", root, *common[-2:], f"callbacks={callbacks}")
             basic_proc, basic = sweep_py(out, f"{size}-basic-{callbacks}", root, *common, f"callbacks={callbacks}")
+            joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={os.cpu_count()}"]  # one job per core
+            joblib_proc, _ = sweep_py(
+                out, f"{size}-joblib-{callbacks}", root, *common, f"callbacks={callbacks}", *joblib
+            )
             fused_proc, fused = sweep_py(
                 out, f"{size}-fused-{callbacks}", root, *common, f"callbacks={callbacks}", "hydra/launcher=fused"
             )
@@ -402,8 +520,11 @@ def sweeps(
                     "jobs": size,
                     "callbacks": callbacks,
                     "basic_s": basic_proc["process_s"],
+                    "joblib_s": joblib_proc["process_s"],
+                    "joblib_n_jobs": os.cpu_count(),
                     "fused_s": fused_proc["process_s"],
                     "ratio": basic_proc["process_s"] / fused_proc["process_s"],
+                    "joblib_ratio": joblib_proc["process_s"] / fused_proc["process_s"],
                     "fused_per_job_s": fused_proc["process_s"] / size,
                     "plain_loop_job_s": plain_job_s,
                     "basic_peak_rss_mb": basic_proc["peak_rss_mb"],
@@ -440,7 +561,9 @@ def bench(
     for impl in impls:
         overrides = [f"impl={impl}", f"trainer={trainer}", f"trainer.max_epochs={epochs}"]
         pipelines += [(f"plain PyTorch loop ({impl})", impl, "plain")]
-        pipelines += [(f"bare LightningModule ({impl})", impl, "bare"), (f"project ({impl})", impl, overrides)]
+        pipelines += [(f"bare LightningModule ({impl})", impl, "bare")]
+        pipelines += [(f"lightning-hydra-template-style module ({impl})", impl, "template")]
+        pipelines += [(f"project ({impl})", impl, overrides)]
 
     def run_once(name: str, impl: str, how: list[str] | str) -> tuple[dict, dict]:
         if isinstance(how, str):
@@ -457,13 +580,14 @@ def bench(
     for name, impl, how in pipelines:
         if isinstance(how, str):
             rows.append(row(name, how, impl, runs[name], statistics.median(c["pass_s"] for _, c in runs[name])))
-            references[how] = rows[-1]  # the impl's plain loop and bare LightningModule
+            references[how] = rows[-1]  # the impl's plain loop, bare LightningModule and template-style module
             continue
         rows.append(row(name, "project", impl, runs[name], project_pass["pass_s"]))
         rows[-1]["import_s"] = project_pass["import_s"]
         rows[-1]["vs_plain"] = rows[-1]["epoch_s"] / references["plain"]["epoch_s"]
         rows[-1]["vs_bare"] = rows[-1]["fastest_epoch_s"] / references["bare"]["fastest_epoch_s"]
         rows[-1]["vs_bare_median"] = rows[-1]["epoch_s"] / references["bare"]["epoch_s"]
+        rows[-1]["vs_template"] = rows[-1]["epoch_s"] / references["template"]["epoch_s"]
         rows[-1]["process_vs_seed"] = rows[-1]["process_s"] / seed["process_s"]
     for r in rows:
         r["speedup_vs_seed"] = seed["epoch_s"] / r["epoch_s"]
@@ -508,14 +632,13 @@ def bench(
         "targets": {"pass over training data <= 0.1 s": project_pass["pass_s"] <= 0.1},
     }
     for r in project:
-        name = f"{r['name']}: fastest epoch <= 1.25x bare LightningModule's ({r['vs_bare']:.2f}"
-        name += f"; medians {r['vs_bare_median']:.2f})"
-        results["targets"][name] = r["vs_bare"] <= 1.25
+        name = f"{r['name']}: epoch <= the template-style module's ({r['vs_template']:.2f}x; goal 0.5x)"
+        results["targets"][name] = r["vs_template"] <= 1
     for r in sweep_rows:
-        if r["callbacks"] == "none" and r["jobs"] == 32:
-            results["targets"][f"32-job sweep, callbacks=none: fused >= 4x the basic launcher ({r['ratio']:.1f}x)"] = (
-                r["ratio"] >= 4
-            )
+        for launcher, least in SWEEP_TARGETS.get((r["jobs"], r["callbacks"]), {}).items():
+            ratio = r["ratio"] if launcher == "basic" else r["joblib_ratio"]
+            name = f"{r['jobs']}-job sweep, callbacks={r['callbacks']}: fused >= {least}x {launcher} ({ratio:.1f}x)"
+            results["targets"][name] = ratio >= least
         if r["plain_loop_job_s"] is not None:
             results["targets"][
                 f"{r['jobs']}-job sweep, callbacks={r['callbacks']}: fused per job ({r['fused_per_job_s']:.2f} s) "
@@ -536,8 +659,9 @@ def markdown(results: dict) -> str:
     """The side-by-side table, the scaling table and the targets, as markdown."""
     lines = [
         "| pipeline | epoch (median) | fastest epoch | images/s | one pass over the data | peak RSS | process time "
-        "| imports | × bare LightningModule (fastest / median) | × plain loop | speed-up vs seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| imports | × template-style module | × bare LightningModule (fastest / median) | × plain loop "
+        "| speed-up vs seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         ratio = f"{r['vs_bare']:.2f} / {r['vs_bare_median']:.2f}" if "vs_bare" in r else ""
@@ -545,7 +669,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {r['name']} | {r['epoch_s']:.3f} s | {r['fastest_epoch_s']:.3f} s | {r['images_per_s']:,.0f} "
             f"| {one_pass} | {r['peak_rss_mb']:.0f} MB | {r['process_s']:.1f} s "
-            f"| {_f(r['import_s'], '.2f')} s | {ratio} "
+            f"| {_f(r['import_s'], '.2f')} s | {_f(r.get('vs_template'), '.2f')} | {ratio} "
             f"| {_f(r.get('vs_plain'), '.2f')} | {r['speedup_vs_seed']:.1f}× |"
         )
     if results["scale"]:
@@ -562,17 +686,18 @@ def markdown(results: dict) -> str:
     if results.get("sweeps"):
         lines += [
             "",
-            "| sweep | callbacks | basic launcher | fused | × | fused per job | peak RSS basic / fused "
-            "| fused jobs within 1e-4 / 0.002 of basic (by lr) | largest gap fused-basic "
-            "| largest gap scratch-concise |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| sweep | callbacks | basic launcher | joblib, a job per core | fused | × basic | × joblib "
+            "| fused per job | peak RSS basic / fused | fused jobs within 1e-4 / 0.002 of basic (by lr) "
+            "| largest gap fused-basic | largest gap scratch-concise |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results["sweeps"]:
             a = r["agreement"]
             by_lr = ", ".join(f"lr {lr}: {n}/{k}" for lr, (n, k) in a["within_tolerance_by_lr"].items())
             lines.append(
-                f"| {r['jobs']} jobs | {r['callbacks']} | {r['basic_s']:.1f} s | {r['fused_s']:.1f} s "
-                f"| {r['ratio']:.1f} | {r['fused_per_job_s']:.2f} s "
+                f"| {r['jobs']} jobs | {r['callbacks']} | {r['basic_s']:.1f} s "
+                f"| {r['joblib_s']:.1f} s ({r['joblib_n_jobs']}) | {r['fused_s']:.1f} s "
+                f"| {r['ratio']:.1f} | {r['joblib_ratio']:.1f} | {r['fused_per_job_s']:.2f} s "
                 f"| {r['basic_peak_rss_mb']:.0f} / {r['fused_peak_rss_mb']:.0f} MB "
                 f"| {a['within_tolerance']} of {a['jobs']} ({by_lr}) "
                 f"| loss {a['max_loss_gap']:.1e}, acc {a['max_acc_gap']:.4f} "

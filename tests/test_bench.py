@@ -40,6 +40,7 @@ def test_bench_writes_json_and_table(fake_archives, tmp_path):
         "seed pipeline (scratch)",
         "plain PyTorch loop (concise)",
         "bare LightningModule (concise)",
+        "lightning-hydra-template-style module (concise)",
         "project (concise)",
     ]
     for r in results["rows"]:
@@ -47,12 +48,13 @@ def test_bench_writes_json_and_table(fake_archives, tmp_path):
         assert r["fastest_epoch_s"] == r["epoch_s"]  # one epoch after the first: the fastest is the median
         assert r["images_per_s"] == pytest.approx(512 / r["epoch_s"])
         assert r["peak_rss_mb"] > 10 and r["process_s"] > r["epoch_s"]
-    project = results["rows"][3]
+    project = results["rows"][4]
     assert project["pass_s"] > 0
     assert project["vs_plain"] == pytest.approx(project["epoch_s"] / results["rows"][1]["epoch_s"])
     assert project["vs_bare"] == pytest.approx(project["fastest_epoch_s"] / results["rows"][2]["fastest_epoch_s"])
     assert project["vs_bare_median"] == pytest.approx(project["epoch_s"] / results["rows"][2]["epoch_s"])
     assert project["process_vs_seed"] == pytest.approx(project["process_s"] / results["rows"][0]["process_s"])
+    assert project["vs_template"] == pytest.approx(project["epoch_s"] / results["rows"][3]["epoch_s"])
     assert results["scale"] == []
     assert set(results["targets"]) and all(isinstance(ok, bool) for ok in results["targets"].values())
     assert not list(out.glob("scale*x/"))  # the scaled copies are removed
@@ -60,16 +62,17 @@ def test_bench_writes_json_and_table(fake_archives, tmp_path):
     assert [(r["jobs"], r["callbacks"]) for r in results["sweeps"]] == [(2, "none")]
     for r in results["sweeps"]:
         assert r["ratio"] == pytest.approx(r["basic_s"] / r["fused_s"])
+        assert r["joblib_ratio"] == pytest.approx(r["joblib_s"] / r["fused_s"]) and r["joblib_n_jobs"] >= 1
         assert r["plain_loop_job_s"] == results["rows"][1]["process_s"]
         assert r["agreement"]["jobs"] == 2 and r["agreement"]["within_tolerance_by_lr"] == {"0.1": [2, 2]}
         assert r["agreement"]["within_tolerance"] == 2 and r["agreement"]["max_loss_gap"] <= 1e-4
     sweep_dirs = sorted(d.name for d in (out / "sweeps").iterdir())
-    assert sweep_dirs == ["2-basic-none", "2-fused-none"]
+    assert sweep_dirs == ["2-basic-none", "2-fused-none", "2-joblib-none"]
 
     table = (out / "bench.md").read_text()
     assert table in result.stdout
     assert "| project (concise) |" in table
-    assert "project (concise): fastest epoch <= 1.25x bare LightningModule's" in table
+    assert "project (concise): epoch <= the template-style module's" in table and "1.25x" not in table
     assert "| 2 jobs | none |" in table and "2-job sweep, callbacks=none: fused per job" in table
 
 
