@@ -364,3 +364,32 @@ def test_a_fused_sweeps_job_dirs_are_a_basic_sweeps(fake_archives, tmp_path):
         for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
             assert written(basic, name) == written(fused, name), name
     assert layout(sweeps["basic"]) == layout(sweeps["fused"])
+
+
+def test_fused_groups_run_as_submitit_jobs_write_what_they_write_in_the_launchers_process(fake_archives, tmp_path):
+    """Two groups (two batch sizes), trained in the launcher's process, then each as a job of submitit's local
+    executor: each job's metrics.json and checkpoints are the same, and the sweeper gets every job's value."""
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    common = [o for o in common if not o.startswith(("data.batch_size=", "trainer.max_epochs="))]
+    grid = ["impl=scratch,concise", "data.batch_size=32,64", "trainer.max_epochs=1", "hydra/launcher=fused"]
+    executors = {"here": [], "submitit": ["hydra.launcher.executor=local", "hydra.launcher.timeout_min=5"]}
+    for name, executor in executors.items():
+        args = ["-m", *common, *grid, f"hydra.sweep.dir={tmp_path / name}", f"paths.log_dir={tmp_path / 'logs'}"]
+        result = run_script("train.py", *args, *executor)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Launching 4 jobs as 2 fused groups of 2 + 2" in result.stdout
+    assert "Submitted the groups to submitit's local executor as jobs" in result.stdout
+    assert list((tmp_path / "submitit" / ".submitit").iterdir()), "submitit's own files"
+    for job in ("0", "1", "2", "3"):
+        here, there = read_metrics(tmp_path / "here" / job), read_metrics(tmp_path / "submitit" / job)
+        assert [row["epoch"] for row in there["history"]] == [1]
+        for a, b in zip(here["history"], there["history"], strict=True):
+            assert {k: v for k, v in a.items() if k != "time_s"} == pytest.approx(
+                {k: v for k, v in b.items() if k != "time_s"}, abs=1e-6
+            )
+        assert there[TEST_ACC] == pytest.approx(here[TEST_ACC], abs=1e-6)
+        assert there["hparams"]["data"] == here["hparams"]["data"] and there["impl"] == here["impl"]
+        names = [sorted(p.name for p in (tmp_path / d / job / "checkpoints").iterdir()) for d in ("here", "submitit")]
+        assert names[0] == names[1]
+    summary = (tmp_path / "submitit" / SUMMARY_CSV).read_text()
+    assert summary.count(",ok,") == 4

@@ -110,9 +110,12 @@ def test_every_launcher_prunes_as_the_basic_launcher_does(searches, launcher):
             assert a[TEST_ACC] == pytest.approx(b[TEST_ACC], abs=0.002)
 
 
-def test_a_pruned_search_in_memory_with_joblib_workers_is_refused(fake_archives, tmp_path):
+@pytest.mark.parametrize(
+    "launcher", [["hydra/launcher=joblib"], ["hydra/launcher=fused", "hydra.launcher.executor=local"]]
+)
+def test_a_pruned_search_in_memory_with_jobs_in_other_processes_is_refused(fake_archives, tmp_path, launcher):
     args = ["-m", *common(fake_archives, tmp_path), f"paths.log_dir={tmp_path / 'logs'}", *SEARCH]
-    result = run_script("train.py", *args, "hydra/launcher=joblib")
+    result = run_script("train.py", *args, *launcher)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "needs a storage" in result.stderr and "hydra.sweeper.storage=sqlite:///logs/optuna.db" in result.stderr
     assert not list((tmp_path / "logs").glob("train/multiruns/*/0"))

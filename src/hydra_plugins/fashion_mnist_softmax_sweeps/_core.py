@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,49 @@ def _prepare(launcher: FusedLauncher, overrides: Sequence[str], idx: int) -> _Jo
     return _Job(config, ret, *task)
 
 
+def _start(launcher: FusedLauncher, members: list[_Job]) -> None:
+    for job in members:
+        HydraConfig.instance().set_config(job.config)
+        launcher.hydra_context.callbacks.on_job_start(config=job.config, task_function=launcher.task_function)
+
+
+def _outcome(train: Callable[[], list[Any]], size: int) -> list[Any]:
+    """A group's outcomes: what fails the group fails each of its jobs, as it would have failed each alone."""
+    try:
+        return train()
+    except Exception as e:
+        return [e] * size
+
+
+def _outcomes(launcher: FusedLauncher, groups: list[list[_Job]]) -> Iterator[list[Any]]:
+    """Each group's outcomes, in order: trained in this process one group after the other, or each group a job of
+    submitit's executor, all submitted at once."""
+    if launcher.executor is None:
+        for members in groups:
+            _start(launcher, members)
+            # the jobs' compositions and an earlier group's trainer, model and data sit in reference cycles: freed
+            # before this group loads its data
+            gc.collect()
+            yield _outcome(functools.partial(train_group, [job.resolved for job in members]), len(members))
+        return
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=launcher.settings["submitit_folder"], cluster=launcher.executor)
+    settings = OmegaConf.to_container(OmegaConf.create(launcher.settings))  # plain values, as submitit takes them
+    executor.update_parameters(
+        name="fused", **{k: v for k, v in settings.items() if k != "submitit_folder" and v is not None}
+    )
+    for members in groups:
+        _start(launcher, members)
+    submitted = [executor.submit(train_group, [job.resolved for job in members]) for members in groups]
+    ids = ", ".join(group_job.job_id for group_job in submitted)
+    log.info(
+        f"Submitted the groups to submitit's {launcher.executor} executor as jobs {ids}: logs in {executor.folder}"
+    )
+    for members, group_job in zip(groups, submitted, strict=True):
+        yield _outcome(group_job.result, len(members))
+
+
 def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
@@ -93,17 +137,8 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
         if job.config.hydra.job.num in alone:
             job.ret = _run_job(job.config, launcher.task_function, launcher.hydra_context)
             configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    for members in groups.values():
-        for job in members:
-            HydraConfig.instance().set_config(job.config)
-            launcher.hydra_context.callbacks.on_job_start(config=job.config, task_function=launcher.task_function)
-        # the jobs' compositions and an earlier group's trainer, model and data sit in reference cycles:
-        # freed before this group loads its data
-        gc.collect()
-        try:
-            outcomes = train_group([job.resolved for job in members])
-        except Exception as e:  # what fails the group fails each of its jobs, as it would have failed each alone
-            outcomes = [e] * len(members)
+    members_of = list(groups.values())
+    for members, outcomes in zip(members_of, _outcomes(launcher, members_of), strict=True):
         for job, outcome in zip(members, outcomes, strict=True):
             HydraConfig.instance().set_config(job.config)
             num = job.config.hydra.job.num

@@ -26,6 +26,7 @@ from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.sweeps.trials import STORAGES, Pruned
 
+from .fused_launcher import FusedLauncher
 from .optuna_sweeper import OptunaSweeper
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     sampler = sweeper.sampler if isinstance(sweeper.sampler, optuna.samplers.BaseSampler) else None
     pruner = sweeper.pruner if isinstance(sweeper.pruner, optuna.pruners.BasePruner) else None
     prunes = pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner)
-    in_process = type(launcher).__name__ in ("BasicLauncher", "FusedLauncher")  # the jobs run in this process
+    # the jobs run in this process: the basic launcher's, and the fused launcher's unless submitit runs its groups
+    fused_here = isinstance(launcher, FusedLauncher) and launcher.executor is None
+    in_process = type(launcher).__name__ == "BasicLauncher" or fused_here
     if prunes and not sweeper.storage and not in_process:  # refused before any trial is asked or job dir made
         refuse(
             UserError(

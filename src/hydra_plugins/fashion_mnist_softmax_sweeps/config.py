@@ -14,9 +14,18 @@ from omegaconf import MISSING
 
 @dataclass
 class FusedLauncherConf:
-    """``hydra/launcher=fused``: train the jobs of each batch the sweeper hands over as fused groups."""
+    """``hydra/launcher=fused``: train the jobs of each batch the sweeper hands over as fused groups, in this
+    process, or each group as a job of submitit's ``local`` or ``slurm`` executor, with its settings."""
 
     _target_: str = "hydra_plugins.fashion_mnist_softmax_sweeps.fused_launcher.FusedLauncher"
+    executor: str | None = None  # None: this process; local or slurm: each group a submitit job
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+    timeout_min: int = 60
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    mem_gb: int | None = None
+    slurm_partition: str | None = None
+    slurm_additional_parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -4,12 +4,15 @@ It takes each batch of jobs the sweeper hands it, the basic sweeper's whole grid
 ``hydra.sweeper.n_jobs`` trials, and groups the jobs whose configs are equal but for each member's lr,
 momentum, weight decay, seed and impl. Each group trains as one population; a job that cannot join one
 (another optimizer, DDP, a step limit, a resumed run) runs alone, as under the basic launcher. Every job
-gets its own job dir with ``.hydra/``, ``metrics.json``, checkpoints and logs, and its return value.
+gets its own job dir with ``.hydra/``, ``metrics.json``, checkpoints and logs, and its return value. The groups
+train in the launcher's process, one after the other, or, with ``hydra.launcher.executor=slurm`` (or ``local``),
+each as a job of submitit's executor, all at once; the job dirs are made, and the values handed back, here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -18,7 +21,8 @@ from omegaconf import DictConfig
 
 
 class FusedLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, executor: str | None = None, **settings: Any) -> None:
+        self.executor, self.settings = executor, settings  # submitit's, when groups run as its jobs
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
