@@ -93,11 +93,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> None:
     """Write the stopped run's ``metrics.json`` (its finished epochs), and say how to resume it."""
     write_json_atomic(run_dir / METRICS_FILE, metrics)
-    ckpt = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)).path
-    print(
-        f"Interrupted after {len(metrics['history'])} of {trainer.max_epochs} epochs: saved {ckpt}. Resume with:\n"
-        f"  {resume_command(run_dir, ckpt)}"
-    )
+    stopped = f"Interrupted after {len(metrics['history'])} of {trainer.max_epochs} epochs"
+    if saver := next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None):
+        print(f"{stopped}: saved {saver.path}. Resume with:\n  {resume_command(run_dir, saver.path)}")
+    else:  # ~callbacks.save_on_interrupt: Lightning stopped it, and saved nothing
+        print(f"{stopped}.")
 
 
 def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
