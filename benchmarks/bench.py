@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
 BATCH_SIZE, LR = 256, 0.1
+CORES = len(os.sched_getaffinity(0))  # the cores this process may use
 IMPLS = ("scratch", "concise")
 
 
@@ -508,7 +509,7 @@ def sweeps(
         for callbacks in callbacks_choices:
             lone, _ = train_py(out, f"lone-{callbacks}", root, *common[-2:], f"callbacks={callbacks}")
             basic_proc, basic = sweep_py(out, f"{size}-basic-{callbacks}", root, *common, f"callbacks={callbacks}")
-            joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={os.cpu_count()}"]  # one job per core
+            joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={CORES}"]  # one job per core
             joblib_proc, _ = sweep_py(
                 out, f"{size}-joblib-{callbacks}", root, *common, f"callbacks={callbacks}", *joblib
             )
@@ -521,7 +522,7 @@ def sweeps(
                     "callbacks": callbacks,
                     "basic_s": basic_proc["process_s"],
                     "joblib_s": joblib_proc["process_s"],
-                    "joblib_n_jobs": os.cpu_count(),
+                    "joblib_n_jobs": CORES,
                     "fused_s": fused_proc["process_s"],
                     "ratio": basic_proc["process_s"] / fused_proc["process_s"],
                     "joblib_ratio": joblib_proc["process_s"] / fused_proc["process_s"],
@@ -615,7 +616,7 @@ def bench(
     project = [r for r in rows if r["pipeline"] == "project"]
     results = {
         "machine": {
-            "cpus": os.cpu_count(),
+            "cpus": CORES,
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),
             "load_avg_1m_at_end": os.getloadavg()[0],
             "python": platform.python_version(),

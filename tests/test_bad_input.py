@@ -87,6 +87,7 @@ MACHINE = [
     *NO_GPU,
     f"trainer.accelerator=gpu trainer.devices={torch.cuda.device_count() + 1}",
     "trainer.precision=8",
+    "trainer.devices=two",
     *([] if torch.backends.mps.is_available() else ["trainer.accelerator=mps"]),
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import re
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -317,6 +318,12 @@ def test_a_job_keeping_another_best_checkpoint_than_the_fused_one_runs_alone(tin
     assert alone or found is None
 
 
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "64-true"])
+def test_a_job_in_another_precision_runs_alone(tiny_cfg, precision):
+    found = why_not_fused(OmegaConf.to_container(tiny_cfg(f"trainer.precision={precision}"), resolve=True))
+    assert found == f"the precision {precision}: a fused group trains in 32-true"
+
+
 def test_a_fused_checkpoint_is_evaluated_and_predicted_with_but_not_resumed(fused, compose_cfg, tmp_path):
     sweep_dir, common, _ = fused
     job = sweep_dir / "0"
@@ -393,3 +400,29 @@ def test_fused_groups_run_as_submitit_jobs_write_what_they_write_in_the_launcher
         assert names[0] == names[1]
     summary = (tmp_path / "submitit" / SUMMARY_CSV).read_text()
     assert summary.count(",ok,") == 4
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("hydra.launcher.executor=slrum", "hydra.launcher.executor=slrum is not valid: it must be local or slurm"),
+        ("hydra.launcher.executor=slurm", "hydra.launcher.executor=slurm cannot start:"),  # no srun here
+    ],
+)
+def test_an_executor_that_cannot_run_the_groups_is_refused_before_any_job_dir(fake_archives, tmp_path, setting, said):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    sweep = tmp_path / "sweep"
+    args = ["-m", *common, "hydra/launcher=fused", setting, f"hydra.sweep.dir={sweep}", "seed=1,2"]
+    result = run_script("train.py", *args, env={"PATH": str(Path(sys.executable).parent)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert said in " ".join(result.stderr.split()), result.stderr[-2000:]
+    assert not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
+
+
+def test_a_job_that_cannot_be_composed_stops_a_fused_sweep_before_any_job_dir(fake_archives, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    sweep = tmp_path / "sweep"
+    args = ["-m", *common, "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", "optim=sgd,nosuch"]
+    result = run_script("train.py", *args)
+    assert result.returncode != 0 and "nosuch" in result.stderr
+    assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"

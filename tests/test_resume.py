@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_mnist_softmax.run.metrics import (
@@ -37,6 +38,7 @@ from fashion_mnist_softmax.run.metrics import (
     VAL_LOSS,
     read_metrics,
 )
+from fashion_mnist_softmax.run.run_dirs import hydra_value
 from fashion_mnist_softmax.run.training import train
 
 from conftest import ROOT, run_script, tiny_overrides
@@ -221,3 +223,9 @@ def test_last_ckpt_ends_every_epoch_when_validation_runs_every_other_one(tiny_cf
     # a validation's metrics stay in Lightning's callback_metrics until the next one: epoch 3 must not show epoch 2's
     assert [VAL_ACC in row for row in history] == [False, True, False]
     assert math.isnan(read_metrics(tmp_path / "run")["history"][0].get(VAL_ACC, math.nan))
+
+
+@pytest.mark.parametrize("path", ["/tmp/run", "/tmp/a run", "/tmp/über", "/tmp/it's", "/tmp/a=b,c[d]"])
+def test_a_path_in_a_resume_command_reads_back_as_itself(path):
+    (override,) = OverridesParser.create().parse_overrides([f"hydra.run.dir={hydra_value(path)}"])
+    assert override.value() == path

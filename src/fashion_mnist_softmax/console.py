@@ -49,8 +49,6 @@ def quiet() -> None:
     """Silence those messages in this process."""
     # torch 2.15 deprecates a pytree class that Lightning 2.6 still uses internally
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    # a run's checkpoint dir holds checkpoints only when the run resumes in its own dir (run/run_dirs.py)
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if _not_lightning_info not in logger.filters:

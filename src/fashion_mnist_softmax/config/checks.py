@@ -3,7 +3,8 @@
 :func:`check_config` is the one check. A single run calls it from a Hydra callback before Hydra writes
 anything (:mod:`fashion_mnist_softmax.run.run_dirs`); each job of a multirun at its start; the fused
 launcher for each of its members. Past it, ``train()``, ``evaluate()`` and ``predict()`` trust the config.
-Nothing here imports torch, unless a checkpoint is named, so that a mistake is reported within a second.
+torch is imported only to read a checkpoint the config names and, once every other check has passed, to see the
+machine's devices, so that a mistake is reported within a second.
 """
 
 from __future__ import annotations
@@ -181,11 +182,16 @@ def devices_asked(devices: Any) -> int | None:
         return len(devices)
     if isinstance(devices, str) and "," in devices:
         return len([d for d in devices.split(",") if d.strip()])
-    return None if str(devices) in ("auto", "-1") else int(devices)
+    if str(devices) in ("auto", "-1"):
+        return None
+    if not str(devices).isdigit():
+        raise invalid("trainer.devices", devices, "a number of devices, a list of device ids such as [0,1], or auto")
+    return int(devices)
 
 
 def _check_machine(trainer: DictConfig) -> None:
     """Refuse an accelerator this machine lacks, more GPUs than it has, and bf16 on a GPU without it."""
+    asked = devices_asked(trainer.devices)
     import torch  # only once every check without it has passed
 
     gpus = torch.cuda.device_count()
@@ -197,12 +203,12 @@ def _check_machine(trainer: DictConfig) -> None:
             f"out (auto: a GPU when there is one), or use trainer.accelerator=cpu."
         )
     if trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and gpus > 0):
-        if (asked := devices_asked(trainer.devices)) is not None and asked > gpus:
+        if asked is not None and asked > gpus:
             raise UserError(
                 f"trainer.devices={trainer.devices} asks for {asked} GPUs, and this machine has {gpus}. Use "
                 f"trainer.devices={gpus} or fewer, or trainer.devices=auto for all of them."
             )
-        if str(trainer.get("precision")).startswith("bf16") and not torch.cuda.is_bf16_supported():
+        if str(trainer.get("precision")).startswith("bf16") and not torch.cuda.is_bf16_supported(False):
             raise UserError(
                 f"trainer.precision={trainer.precision}: this machine's GPU has no bfloat16. Use "
                 f"trainer.precision=16-mixed, or 32-true."
@@ -246,7 +252,6 @@ def _check_train(cfg: DictConfig) -> None:
             f"for other optimizers."
         )
     _check_batch_fractions(cfg, ("train", "val", "test"))
-    _check_machine(cfg.trainer)
     if cfg.test_ckpt == "best" and cfg.trainer.limit_val_batches == 0:
         raise UserError(
             "test_ckpt=best tests the checkpoint with the best val/acc, and trainer.limit_val_batches=0 turns "
@@ -259,6 +264,7 @@ def _check_train(cfg: DictConfig) -> None:
     if cfg.ckpt_path:
         _given_checkpoint(cfg, resume_impl=cfg.impl._target_)
     writable(cfg.data.root, "The data folder (data.root)")
+    _check_machine(cfg.trainer)
 
 
 def _check_eval(cfg: DictConfig) -> None:
@@ -270,9 +276,9 @@ def _check_eval(cfg: DictConfig) -> None:
             f"trainer.devices): Lightning would start the other processes by running eval.py again, inside this "
             f"run's directory. Leave trainer=ddp and trainer.devices out: the test set takes seconds on one device."
         )
-    _check_machine(cfg.trainer)
     writable(cfg.data.root, "The data folder (data.root)")
     _given_checkpoint(cfg)
+    _check_machine(cfg.trainer)
 
 
 def _check_predict(cfg: DictConfig) -> None:

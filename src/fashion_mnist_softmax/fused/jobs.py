@@ -142,6 +142,8 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "several nodes"
     if trainer.get("accumulate_grad_batches", 1) != 1 or trainer.get("gradient_clip_val"):
         return "gradient accumulation or clipping"
+    if trainer.get("precision", "32-true") != "32-true":
+        return f"the precision {trainer['precision']}: a fused group trains in 32-true"
     if trainer.get("max_steps", -1) != -1 or any(
         trainer.get(f"limit_{s}_batches") is not None for s in ("train", "val", "test")
     ):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
+import yaml
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -81,6 +81,7 @@ class SaveOnInterrupt(L.Callback):
 
     def __init__(self, dirpath: str | Path) -> None:
         self.path = Path(dirpath) / "last.ckpt"
+        self.saved = False  # by an interrupt: a Ctrl-C before training starts is Lightning's, and saves nothing
         self._interrupted = False
         self._previous_handler: Any = None
 
@@ -94,6 +95,7 @@ class SaveOnInterrupt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if self._interrupted and not trainer.is_last_batch:
             trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
+            self.saved = True
             raise KeyboardInterrupt
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -102,11 +104,13 @@ class SaveOnInterrupt(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._interrupted:  # after an epoch's end: every checkpoint is written
+            self.saved = True
             raise KeyboardInterrupt
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved = True
             exception.code = 128 + signal.SIGTERM  # Lightning's own exit would read as success
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -116,9 +120,13 @@ class SaveOnInterrupt(L.Callback):
 
 
 def resume_command(run_dir: Path, ckpt_path: Path) -> str:
-    """The command that resumes this run in its own dir from ``ckpt_path``: the run's own overrides, then its dir
-    and checkpoint, quoted for the shell."""
-    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    """The command that resumes a run in its own dir from ``ckpt_path``, quoted for the shell: ``train.py`` with the
+    run's own overrides, as Hydra wrote them into its dir (so that any process of the run, a DDP rank or a sweep's
+    worker, says the same), then its dir and checkpoint."""
+    written = run_dir / ".hydra" / "overrides.yaml"
+    given = (yaml.safe_load(written.read_text()) or []) if written.is_file() else []
     kept = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
     dirs = [f"hydra.run.dir={hydra_value(run_dir)}", f"ckpt_path={hydra_value(ckpt_path)}"]
-    return shlex.join(["python", sys.argv[0], *kept, *dirs])
+    script = Path(os.environ.get("PROJECT_ROOT", ".")).absolute() / "train.py"
+    shown = os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
+    return shlex.join(["python", shown, *kept, *dirs])

@@ -44,16 +44,16 @@ class EpochProgressBar(TQDMProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_start(trainer, *args)
-        self._start_epoch()  # a run resumed in the middle of an epoch starts no epoch
+        # a run resumed in the middle of an epoch starts no epoch: its bar starts at the batches already done
+        self._start_epoch(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self._start_epoch()
+        self._start_epoch(0)
 
-    def _start_epoch(self) -> None:
+    def _start_epoch(self, done: int) -> None:
         bar = self.train_progress_bar
         bar.reset(convert_inf(self.total_train_batches))
-        bar.initial = 0
-        bar.n = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed  # 0 unless resumed mid-epoch
+        bar.initial, bar.n = 0, done
         bar.set_description(self.train_description)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(f"{model.name} softmax regression, run dir {run_dir}")
     hparams = OmegaConf.to_container(cfg, resolve=True)
     resumed = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if resumed is not None:  # in its own dir (run/run_dirs.py), a run finds its own checkpoints there
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     trained = len(resumed["callbacks"].get(EpochSummary.__qualname__, {}).get("history", [])) if resumed else 0
     if trained >= cfg.trainer.max_epochs:
         print(
@@ -94,9 +97,10 @@ def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> 
     """Write the stopped run's ``metrics.json`` (its finished epochs), and say how to resume it."""
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     stopped = f"Interrupted after {len(metrics['history'])} of {trainer.max_epochs} epochs"
-    if saver := next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None):
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+    if saver is not None and saver.saved:
         print(f"{stopped}: saved {saver.path}. Resume with:\n  {resume_command(run_dir, saver.path)}")
-    else:  # ~callbacks.save_on_interrupt: Lightning stopped it, and saved nothing
+    else:  # stopped before training started, or without SaveOnInterrupt: Lightning stopped it, and nothing was saved
         print(f"{stopped}.")
 
 

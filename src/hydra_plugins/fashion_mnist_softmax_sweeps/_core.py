@@ -15,6 +15,8 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fashion_mnist_softmax.console import refuse
+from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused.jobs import group_key, train_group, why_not_fused
 from fashion_mnist_softmax.run.failures import job_failed
 
@@ -54,11 +56,15 @@ def _run_job(config: DictConfig, task_function: TaskFunction, context: HydraCont
     )
 
 
-def _prepare(launcher: FusedLauncher, overrides: Sequence[str], idx: int) -> _Job:
-    """The job's dir and ``.hydra/``, made as Hydra makes them for any job; no training yet."""
+def _compose(launcher: FusedLauncher, overrides: Sequence[str], idx: int) -> DictConfig:
     config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(config):
         config.hydra.job.id = config.hydra.job.num = idx
+    return config
+
+
+def _prepare(launcher: FusedLauncher, config: DictConfig) -> _Job:
+    """The job's dir and ``.hydra/``, made as Hydra makes them for any job; no training yet."""
     task: list[dict[str, Any]] = []
 
     def keep(cfg: DictConfig) -> None:
@@ -82,10 +88,31 @@ def _outcome(train: Callable[[], list[Any]], size: int) -> list[Any]:
         return [e] * size
 
 
-def _outcomes(launcher: FusedLauncher, groups: list[list[_Job]]) -> Iterator[list[Any]]:
-    """Each group's outcomes, in order: trained in this process one group after the other, or each group a job of
-    submitit's executor, all submitted at once."""
+def _executor(launcher: FusedLauncher) -> Any:
+    """submitit's executor for the groups, with the launcher's settings; None: the groups train in this process."""
     if launcher.executor is None:
+        return None
+    if launcher.executor not in ("local", "slurm"):
+        refuse(
+            UserError(f"hydra.launcher.executor={launcher.executor} is not valid: it must be local or slurm, or null.")
+        )
+    import submitit
+
+    try:
+        executor = submitit.AutoExecutor(folder=launcher.settings["submitit_folder"], cluster=launcher.executor)
+    except RuntimeError as e:  # submitit's own words, e.g. that no srun is found off a SLURM cluster
+        refuse(UserError(f"hydra.launcher.executor={launcher.executor} cannot start: {e}"))
+    settings = OmegaConf.to_container(OmegaConf.create(launcher.settings))  # plain values, as submitit takes them
+    executor.update_parameters(
+        name="fused", **{k: v for k, v in settings.items() if k != "submitit_folder" and v is not None}
+    )
+    return executor
+
+
+def _outcomes(launcher: FusedLauncher, executor: Any, groups: list[list[_Job]]) -> Iterator[list[Any]]:
+    """Each group's outcomes, in order: trained in this process one group after the other, or each group a job of
+    submitit's ``executor``, all submitted at once."""
+    if executor is None:
         for members in groups:
             _start(launcher, members)
             # the jobs' compositions and an earlier group's trainer, model and data sit in reference cycles: freed
@@ -93,13 +120,6 @@ def _outcomes(launcher: FusedLauncher, groups: list[list[_Job]]) -> Iterator[lis
             gc.collect()
             yield _outcome(functools.partial(train_group, [job.resolved for job in members]), len(members))
         return
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=launcher.settings["submitit_folder"], cluster=launcher.executor)
-    settings = OmegaConf.to_container(OmegaConf.create(launcher.settings))  # plain values, as submitit takes them
-    executor.update_parameters(
-        name="fused", **{k: v for k, v in settings.items() if k != "submitit_folder" and v is not None}
-    )
     for members in groups:
         _start(launcher, members)
     submitted = [executor.submit(train_group, [job.resolved for job in members]) for members in groups]
@@ -115,10 +135,13 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    executor = _executor(launcher)  # a mistake in its settings is refused before any job dir is made
+    # every job composed before any dir is made: a job that cannot be composed stops the sweep, and leaves no dirs
+    configs = [_compose(launcher, overrides, idx) for idx, overrides in enumerate(job_overrides, initial_job_idx)]
     jobs = []
-    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        jobs.append(_prepare(launcher, overrides, idx))
+    for config, overrides in zip(configs, job_overrides, strict=True):
+        log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
+        jobs.append(_prepare(launcher, config))
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # Hydra's, as jobs end
     groups: dict[str, list[_Job]] = {}
     alone: dict[int, str] = {}
@@ -138,7 +161,7 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
             job.ret = _run_job(job.config, launcher.task_function, launcher.hydra_context)
             configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     members_of = list(groups.values())
-    for members, outcomes in zip(members_of, _outcomes(launcher, members_of), strict=True):
+    for members, outcomes in zip(members_of, _outcomes(launcher, executor, members_of), strict=True):
         for job, outcome in zip(members, outcomes, strict=True):
             HydraConfig.instance().set_config(job.config)
             num = job.config.hydra.job.num
