@@ -40,6 +40,7 @@ from fashion_mnist_softmax.run.metrics import (
 )
 from fashion_mnist_softmax.run.run_dirs import hydra_value
 from fashion_mnist_softmax.run.training import train
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV, SUMMARY_MD
 
 from conftest import ROOT, run_script, tiny_overrides
 
@@ -229,3 +230,21 @@ def test_last_ckpt_ends_every_epoch_when_validation_runs_every_other_one(tiny_cf
 def test_a_path_in_a_resume_command_reads_back_as_itself(path):
     (override,) = OverridesParser.create().parse_overrides([f"hydra.run.dir={hydra_value(path)}"])
     assert override.value() == path
+
+
+def test_a_sigint_in_a_sweep_stops_it_and_its_summary_says_where(fake_archives, tmp_path):
+    """The interrupted job keeps its finished epochs and its resume command; the sweep's summary lists it as
+    interrupted, and the jobs that did not run are not in it."""
+    sweep = tmp_path / "sweep"
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=1"]
+    args = ["-m", *common, *signal_at, f"hydra.sweep.dir={sweep}", "seed=1,2"]
+    result = run_script("train.py", *args, env={"PYTHONPATH": str(ROOT / "tests")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    said = result.stdout.splitlines()
+    assert f"Interrupted after 1 of 2 epochs: saved {sweep / '0' / 'checkpoints' / 'last.ckpt'}. Resume with:" in said
+    assert said[-1] == f"The sweep stopped at job 0: see {sweep / SUMMARY_MD}"
+    assert read_metrics(sweep / "0")[STATUS] == INTERRUPTED
+    rows = (sweep / SUMMARY_CSV).read_text().splitlines()
+    assert len(rows) == 2 and ",interrupted," in rows[1] and "interrupted after epoch 1" in rows[1]
+    assert not (sweep / "1").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -17,10 +18,12 @@ from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed, loggers
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
+from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command
 from fashion_mnist_softmax.run.history import EpochSummary, run_metrics, test_line
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
 from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, write_summary
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -102,6 +105,10 @@ def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> 
         print(f"{stopped}: saved {saver.path}. Resume with:\n  {resume_command(run_dir, saver.path)}")
     else:  # stopped before training started, or without SaveOnInterrupt: Lightning stopped it, and nothing was saved
         print(f"{stopped}.")
+    if in_multirun():  # the sweep stops with this job: its summary says so, and which jobs ran
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        write_summary(sweep_dir)
+        print(f"The sweep stopped at job {HydraConfig.get().job.num}: see {sweep_dir / SUMMARY_MD}")
 
 
 def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
