@@ -92,10 +92,13 @@ class SaveOnInterrupt(L.Callback):
     def _note_interrupt(self, signum: int, frame: Any) -> None:
         self._interrupted = True
 
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
+        self.saved = True
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if self._interrupted and not trainer.is_last_batch:
-            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
-            self.saved = True
+            self._save(trainer)
             raise KeyboardInterrupt
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -103,14 +106,13 @@ class SaveOnInterrupt(L.Callback):
             trainer.should_stop = True  # Lightning's own graceful stop: the epoch's checkpoints come first
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._interrupted:  # after an epoch's end: every checkpoint is written
+        if self._interrupted:  # after an epoch's end: last_checkpoint has written last.ckpt
             self.saved = True
             raise KeyboardInterrupt
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
-            trainer.save_checkpoint(self.path, weights_only=False)
-            self.saved = True
+            self._save(trainer)
             exception.code = 128 + signal.SIGTERM  # Lightning's own exit would read as success
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -39,9 +39,9 @@ def claim(wanted: Path) -> Path:
 def hydra_value(path: str | Path) -> str:
     """A path as a value on Hydra's command line: quoted where Hydra's grammar would split it."""
     text = str(path)
-    return (
-        text if re.fullmatch(r"[A-Za-z0-9_./-]+", text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    )
+    if re.fullmatch(r"[A-Za-z0-9_./-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _given(config: DictConfig, key: str) -> bool:

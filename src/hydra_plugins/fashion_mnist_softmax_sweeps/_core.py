@@ -74,6 +74,11 @@ def _prepare(launcher: FusedLauncher, config: DictConfig) -> _Job:
     return _Job(config, ret, *task)
 
 
+def _hydra_logging(launcher: FusedLauncher) -> None:
+    """Hydra's own logging again, which a job's run replaces with its job logging."""
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+
+
 def _start(launcher: FusedLauncher, members: list[_Job]) -> None:
     for job in members:
         HydraConfig.instance().set_config(job.config)
@@ -133,7 +138,7 @@ def _outcomes(launcher: FusedLauncher, executor: Any, groups: list[list[_Job]]) 
 
 def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     setup_globals()
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    _hydra_logging(launcher)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     executor = _executor(launcher)  # a mistake in its settings is refused before any job dir is made
     # every job composed before any dir is made: a job that cannot be composed stops the sweep, and leaves no dirs
@@ -142,7 +147,7 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     for config, overrides in zip(configs, job_overrides, strict=True):
         log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
         jobs.append(_prepare(launcher, config))
-        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # Hydra's, as jobs end
+        _hydra_logging(launcher)
     groups: dict[str, list[_Job]] = {}
     alone: dict[int, str] = {}
     for job in jobs:
@@ -159,7 +164,7 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     for job in jobs:  # as under the basic launcher
         if job.config.hydra.job.num in alone:
             job.ret = _run_job(job.config, launcher.task_function, launcher.hydra_context)
-            configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+            _hydra_logging(launcher)
     members_of = list(groups.values())
     for members, outcomes in zip(members_of, _outcomes(launcher, executor, members_of), strict=True):
         for job, outcome in zip(members, outcomes, strict=True):
@@ -171,5 +176,5 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
             else:
                 job.ret.return_value, job.ret.status = outcome, JobStatus.COMPLETED
             launcher.hydra_context.callbacks.on_job_end(config=job.config, job_return=job.ret)
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    _hydra_logging(launcher)
     return [job.ret for job in jobs]
