@@ -10,6 +10,7 @@ machine's devices, so that a mistake is reported within a second.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import re
@@ -97,13 +98,19 @@ def _unknown_key(key: str, node: DictConfig) -> UserError:
     return UserError(f"{key} is not a setting of this run: {hint} Fix it on the command line.")
 
 
+@functools.cache
+def _structured(schema: type) -> DictConfig:
+    """The schema as a config, made once: a merge copies it, and a sweep checks each of its jobs."""
+    return OmegaConf.structured(schema)
+
+
 def _merged(schema: type, node: DictConfig, prefix: str = "") -> DictConfig:
     """``node`` merged into ``schema``; an unknown key or a value of the wrong type as a :class:`UserError`."""
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.merge(_structured(schema), node)
     except ConfigKeyError as e:
         parent = e.full_key.rpartition(".")[0]
-        fields = OmegaConf.structured(schema)
+        fields = _structured(schema)
         raise _unknown_key(prefix + e.full_key, OmegaConf.select(fields, parent) if parent else fields) from None
     except ValidationError as e:
         key, value = prefix + e.full_key, getattr(e, "value", None)

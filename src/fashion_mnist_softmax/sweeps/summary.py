@@ -10,7 +10,10 @@ ends with status 1 if a job failed: the sweepers (``hydra/sweeper=grid``, ``optu
 from __future__ import annotations
 
 import csv
+import functools
+import json
 import logging
+import math
 import statistics
 import sys
 from collections import Counter
@@ -31,7 +34,6 @@ from fashion_mnist_softmax.run.metrics import (
     TEST_ACC,
     TEST_LOSS,
     VAL_ACC_BEST,
-    read_metrics,
 )
 from fashion_mnist_softmax.run.metrics import STATUS as STATUS_KEY
 
@@ -62,16 +64,29 @@ class SweepSummary(Callback):
             sys.exit(1)  # an exception here would only be a warning of Hydra's
 
 
+def _parsed(path: Path) -> Any:
+    """A job's YAML or JSON file, parsed again only once it changed: each job that ends reads every job's files.
+    Not to be changed by the caller."""
+    stat = path.stat()
+    return _parse(path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(path: Path, inode: int, mtime_ns: int, size: int) -> Any:
+    text = path.read_text()
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
 def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
     """Each job dir's overrides, status, reason if it failed, and metrics."""
     jobs = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: int(p.parent.parent.name)):
         job_dir = overrides_file.parent.parent
         # key=value, and a delete override (~key) as key ~key with the value ""
-        overrides = dict(o.partition("=")[::2] for o in yaml.safe_load(overrides_file.read_text()) or [])
+        overrides = dict(o.partition("=")[::2] for o in _parsed(overrides_file) or [])
         found, status, reason = {}, "running", ""
         if (job_dir / METRICS_FILE).is_file():
-            found = read_metrics(job_dir)
+            found = _parsed(job_dir / METRICS_FILE)
             status = found[STATUS_KEY] if found.get(STATUS_KEY) in (PRUNED, INTERRUPTED) else "ok"
             reason = f"{status} after epoch {len(found['history'])}" if status != "ok" else ""
         elif (job_dir / ERROR_FILE).is_file():
@@ -131,8 +146,10 @@ def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out_row: dict[str, Any] = dict(zip(config_keys, config, strict=True)) | {"seeds": len(members)}
         for metric in SUMMARY_METRICS:  # val/acc_best is None where no validation ran
             values = [r[metric] for r in members if r[metric] is not None]
-            out_row[f"{metric} mean"] = statistics.fmean(values) if values else None
-            out_row[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+            mean = statistics.fmean(values) if values else None
+            # the sample std in floats: statistics.stdev is exact, in fractions, and a summary is written per job
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            out_row[f"{metric} mean"], out_row[f"{metric} std"] = mean, std if values else None
         out.append(out_row)
     return sorted(out, key=lambda row: _best_first(row | {STATUS: "ok", VAL_ACC_BEST: row[f"{VAL_ACC_BEST} mean"]}))
 

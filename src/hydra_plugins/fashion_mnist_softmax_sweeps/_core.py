@@ -1,4 +1,8 @@
-"""The fused launcher's work, imported when a sweep launches: job dirs as Hydra makes them, groups, training."""
+"""The fused launcher's work, imported when a sweep launches: job dirs as Hydra makes them, groups, training.
+
+The jobs are composed, and their dirs made, in worker processes forked before torch and Lightning are imported,
+so that the compositions (Hydra's, one per job) and the import run at once.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import dataclasses
 import functools
 import gc
 import logging
+import multiprocessing
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.fused.jobs import group_key, train_group, why_not_fused
 from fashion_mnist_softmax.run.failures import job_failed
 
 from .fused_launcher import FusedLauncher
@@ -114,9 +120,11 @@ def _executor(launcher: FusedLauncher) -> Any:
     return executor
 
 
-def _outcomes(launcher: FusedLauncher, executor: Any, groups: list[list[_Job]]) -> Iterator[list[Any]]:
-    """Each group's outcomes, in order: trained in this process one group after the other, or each group a job of
-    submitit's ``executor``, all submitted at once."""
+def _outcomes(
+    launcher: FusedLauncher, executor: Any, groups: list[list[_Job]], train_group: Callable[..., list[Any]]
+) -> Iterator[list[Any]]:
+    """Each group's outcomes, in order, from ``train_group``: in this process one group after the other, or each
+    group a job of submitit's ``executor``, all submitted at once."""
     if executor is None:
         for members in groups:
             _start(launcher, members)
@@ -136,18 +144,88 @@ def _outcomes(launcher: FusedLauncher, executor: Any, groups: list[list[_Job]]) 
         yield _outcome(group_job.result, len(members))
 
 
+def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], others: Any = None) -> Any:
+    """A share of the jobs, composed, then given their dirs: the jobs, or the exception that stopped them.
+
+    ``others`` (a barrier and an event, shared with the workers of the other shares) holds the dirs back until
+    every share is composed, so that a job that cannot be composed stops the sweep before any dir exists; a share
+    that another one's failure stopped returns None.
+    """
+    barrier, failed = others or (None, None)
+    try:
+        configs = [_compose(launcher, overrides, idx) for idx, overrides in numbered]
+    except Exception as e:
+        if others:
+            failed.set()
+            barrier.wait()
+        return e
+    if others:
+        barrier.wait()
+        if failed.is_set():
+            return None
+    try:
+        jobs = []
+        for config in configs:
+            jobs.append(_prepare(launcher, config))
+            _hydra_logging(launcher)
+        return jobs
+    except Exception as e:
+        return e
+
+
+def _worker(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], others: Any, pipe: Any) -> None:
+    pipe.send(_share(launcher, numbered, others))
+
+
+def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]]) -> Callable[[], list[_Job]]:
+    """Start composing the jobs and making their dirs, and return the function that waits for the jobs, in order
+    (or raises what stopped them).
+
+    The work is shared by forked workers, one a core, while this process imports torch and Lightning. Where a fork
+    cannot be (no fork, or torch already loaded: its threads make a fork unsafe), this process does it first.
+    """
+    if "torch" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        outcomes = [_share(launcher, numbered)]
+        return lambda: _in_order(outcomes)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = min(cores, len(numbered))
+    context = multiprocessing.get_context("fork")
+    others = (context.Barrier(n), context.Event())
+    pipes, workers = [], []
+    for i in range(n):
+        receive, send = context.Pipe(duplex=False)
+        workers.append(context.Process(target=_worker, args=(launcher, numbered[i::n], others, send), daemon=True))
+        workers[-1].start()
+        send.close()
+        pipes.append(receive)
+
+    def wait() -> list[_Job]:
+        outcomes = [pipe.recv() for pipe in pipes]
+        for worker in workers:
+            worker.join()
+        return _in_order(outcomes)
+
+    return wait
+
+
+def _in_order(outcomes: list[Any]) -> list[_Job]:
+    if errors := [outcome for outcome in outcomes if isinstance(outcome, Exception)]:
+        raise errors[0]
+    return sorted((job for jobs in outcomes for job in jobs), key=lambda job: job.config.hydra.job.num)
+
+
 def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     setup_globals()
     _hydra_logging(launcher)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     executor = _executor(launcher)  # a mistake in its settings is refused before any job dir is made
-    # every job composed before any dir is made: a job that cannot be composed stops the sweep, and leaves no dirs
-    configs = [_compose(launcher, overrides, idx) for idx, overrides in enumerate(job_overrides, initial_job_idx)]
-    jobs = []
-    for config, overrides in zip(configs, job_overrides, strict=True):
-        log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
-        jobs.append(_prepare(launcher, config))
-        _hydra_logging(launcher)
+    numbered = list(enumerate(job_overrides, initial_job_idx))
+    for idx, overrides in numbered:
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+    wait_for_jobs = _start_jobs(launcher, numbered)
+    from fashion_mnist_softmax.fused.jobs import group_key, train_group, why_not_fused  # torch, meanwhile
+
+    jobs = wait_for_jobs()
     groups: dict[str, list[_Job]] = {}
     alone: dict[int, str] = {}
     for job in jobs:
@@ -166,7 +244,7 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
             job.ret = _run_job(job.config, launcher.task_function, launcher.hydra_context)
             _hydra_logging(launcher)
     members_of = list(groups.values())
-    for members, outcomes in zip(members_of, _outcomes(launcher, executor, members_of), strict=True):
+    for members, outcomes in zip(members_of, _outcomes(launcher, executor, members_of, train_group), strict=True):
         for job, outcome in zip(members, outcomes, strict=True):
             HydraConfig.instance().set_config(job.config)
             num = job.config.hydra.job.num
