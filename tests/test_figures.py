@@ -1,7 +1,9 @@
 """The figure functions: tensors in, a Figure out, rendered without a display."""
 
 import numpy as np
+import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES
 from fashion_mnist_softmax.run import figures
@@ -51,6 +53,28 @@ def test_weights_redrawn_in_place_keep_their_layout():
     assert {im.get_clim() for im in shown} == {(-11.0, 11.0)}
     assert np.array_equal(shown[5].get_array(), templates[5].reshape(28, 28).numpy())
     assert image.shape == (400, 900, 3)
+
+
+@pytest.mark.parametrize("name", ["weights", "confusion", "predictions"])
+def test_a_figure_redrawn_over_its_kept_background_has_the_pixels_of_a_whole_drawing(name):
+    images, labels = torch.rand(20, 28, 28), torch.randint(0, 10, (20,))
+    draw = {  # each figure, with values of another scale each time: other colour scales, other tick labels
+        "weights": lambda scale, fig: figures.weights_figure(torch.randn(10, 784) * scale, fig=fig),
+        "confusion": lambda scale, fig: figures.confusion_figure(torch.randint(0, int(scale) + 2, (10, 10)), fig=fig),
+        "predictions": lambda scale, fig: figures.predictions_figure(images, labels, torch.randint(0, 10, (20,)), fig),
+    }[name]
+    torch.manual_seed(0)
+    fig = draw(1.0, None)
+    torch.manual_seed(0)
+    whole = draw(1.0, None)
+    figures.render(fig)
+    FigureCanvasAgg(whole).draw()  # drawn whole each time: no kept background
+    for scale in (0.1, 3.0, 400.0):
+        torch.manual_seed(int(scale * 10))
+        draw(scale, whole).canvas.draw()
+        torch.manual_seed(int(scale * 10))
+        image = figures.render(draw(scale, fig))
+        assert np.array_equal(image, np.asarray(whole.canvas.buffer_rgba())[..., :3])
 
 
 def test_confusion_shows_counts_rates_and_per_class_accuracy():

@@ -91,9 +91,11 @@ def test_figures_are_logged_and_saved_as_pngs(multirun):
     assert set(FIGURES) <= set(run.Tags()["images"])
     assert [e.step for e in run.Images(WEIGHTS)] == [1, 2]  # the slider shows the templates per epoch
     for name in FIGURES:
-        png = Image.open(multirun / "0" / "figures" / f"{name}.png")
+        path = multirun / "0" / "figures" / f"{name}.png"
+        png = Image.open(path)
         logged = run.Images(name)[-1]
         assert (logged.width, logged.height) == png.size
+        assert logged.encoded_image_string == path.read_bytes()  # the figure's last drawing, encoded once
         assert min(png.size) >= 150
 
 

@@ -1,24 +1,31 @@
 """The chapter's pictures and a few more: tensors in, a matplotlib ``Figure`` out.
 
-Built without pyplot and rendered by the Agg canvas (:func:`render`), they need no display and
-leave no global state behind.
+Built without pyplot and rendered by the Agg canvas (:func:`render`), they need no display, and what
+is kept of a figure between its drawings goes with it.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
 
 DPI = 100
 WRONG = "tab:red"
+# of a figure redrawn in place: the artists a redrawing changes, and the pixels of the others
+_changing: weakref.WeakKeyDictionary[Figure, list[Artist]] = weakref.WeakKeyDictionary()
+_backgrounds: weakref.WeakKeyDictionary[Figure, Any] = weakref.WeakKeyDictionary()
 
 
 def image_grid(
@@ -55,6 +62,7 @@ def predictions_figure(
     if fig is None:
         fig = image_grid(images, titles, colors=colors)
         fig.suptitle("true / predicted (wrong in red)", fontsize=9)
+        _changing[fig] = [ax.title for ax in fig.axes if ax.images]
         return fig
     fig.set_layout_engine("none")
     for ax, title, color in zip((ax for ax in fig.axes if ax.images), titles, colors, strict=True):
@@ -82,7 +90,8 @@ def weights_figure(
             ax.set_title(name, fontsize=9)
         for ax in axes.flat:
             ax.set_axis_off()
-        fig.colorbar(axes.flat[0].images[0], ax=axes, shrink=0.8, label="weight")
+        colorbar = fig.colorbar(axes.flat[0].images[0], ax=axes, shrink=0.8, label="weight")
+        _changing[fig] = [ax.images[0] for ax in axes.flat if ax.images] + [colorbar.ax]
     else:
         fig.set_layout_engine("none")
     images = [ax.images[0] for ax in fig.axes if ax.images]
@@ -117,7 +126,9 @@ def confusion_figure(
             ax.set_xlabel("predicted")
             ax.set_ylabel("true (per-class accuracy)")
             ax.set_title(title)
-            fig.colorbar(shown, ax=ax, shrink=0.8)
+            colorbar = fig.colorbar(shown, ax=ax, shrink=0.8)
+            # in the order a whole drawing draws them (by zorder): the frame over the cells, the numbers over both
+            _changing.setdefault(fig, []).extend([shown, ax.yaxis, *ax.spines.values(), *ax.texts, colorbar.ax])
     else:
         fig.set_layout_engine("none")
     for ax, (values, _, fmt) in zip((ax for ax in fig.axes if ax.images), panels, strict=True):
@@ -153,8 +164,28 @@ def render(fig: Figure) -> np.ndarray:
     """The figure as an (H, W, 3) uint8 RGB array, W×H being its size in inches times its dpi.
 
     A figure redrawn in place keeps its canvas and the canvas's pixel buffer: a new one for each drawing
-    cost time, and memory that the allocator did not give back.
+    cost time, and memory that the allocator did not give back. Of a figure whose redrawing changes only some
+    artists (images, colour bars, the texts that depend on the values), the rest is drawn once and kept, and
+    each redrawing draws just those artists over it: the same pixels, without drawing the rest's text again.
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    changing = _changing.get(fig, [])
+    if fig in _backgrounds:
+        canvas.restore_region(_backgrounds[fig])
+        for artist in changing:
+            fig.draw_artist(artist)
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
     canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    if changing:  # the rest, drawn once more without them, in the layout just drawn
+        fig.set_layout_engine("none")
+        placed = [(text, text.get_position()) for text in changing if isinstance(text, Text)]
+        for artist in changing:
+            artist.set_visible(False)
+        canvas.draw()
+        _backgrounds[fig] = canvas.copy_from_bbox(fig.bbox)
+        for artist in changing:
+            artist.set_visible(True)
+        for text, position in placed:  # where the whole drawing put them: a hidden title is placed elsewhere
+            text.set_position(position)
+    return image

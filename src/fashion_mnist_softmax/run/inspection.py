@@ -6,6 +6,7 @@ call them with the trainer's values, and a fused sweep calls them for each of it
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from fashion_mnist_softmax.run import figures
@@ -61,11 +63,17 @@ class Figures(L.Callback):
         """Render once (unless given the rendered image), save the PNG, and log it to every logger that takes images."""
         image = fig if isinstance(fig, np.ndarray) else figures.render(fig)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        png = self.out_dir / f"{name}.png"
-        Image.fromarray(image).save(png)
+        png, encoded = self.out_dir / f"{name}.png", io.BytesIO()
+        Image.fromarray(image).save(encoded, format="png")
+        png.write_bytes(encoded.getvalue())
         for logger in loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(name, image, step, dataformats="HWC")
+            if isinstance(logger, TensorBoardLogger):  # the same PNG: add_image would encode it again
+                height, width, channels = image.shape
+                encoded_image = Summary.Image(
+                    height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue()
+                )
+                summary = Summary(value=[Summary.Value(tag=name, image=encoded_image)])
+                logger.experiment.file_writer.add_summary(summary, step)
             elif isinstance(logger, WandbLogger):
                 logger.log_image(name, [image], step=step)
             elif isinstance(logger, MLFlowLogger):
