@@ -638,7 +638,7 @@ def bench(
     for r in sweep_rows:
         for launcher, least in SWEEP_TARGETS.get((r["jobs"], r["callbacks"]), {}).items():
             ratio = r["ratio"] if launcher == "basic" else r["joblib_ratio"]
-            name = f"{r['jobs']}-job sweep, callbacks={r['callbacks']}: fused >= {least}x {launcher} ({ratio:.1f}x)"
+            name = f"{r['jobs']}-job sweep, callbacks={r['callbacks']}: fused >= {least}x {launcher} ({ratio:.2f}x)"
             results["targets"][name] = ratio >= least
         if r["plain_loop_job_s"] is not None:
             results["targets"][

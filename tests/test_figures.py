@@ -1,5 +1,8 @@
 """The figure functions: tensors in, a Figure out, rendered without a display."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -55,14 +58,17 @@ def test_weights_redrawn_in_place_keep_their_layout():
     assert image.shape == (400, 900, 3)
 
 
-@pytest.mark.parametrize("name", ["weights", "confusion", "predictions"])
+IMAGES, LABELS = torch.rand(20, 28, 28), torch.randint(0, 10, (20,))
+REDRAWN = {  # the figures redrawn in place, with values of a scale: other colour scales, other tick labels
+    "weights": lambda scale, fig: figures.weights_figure(torch.randn(10, 784) * scale, fig=fig),
+    "confusion": lambda scale, fig: figures.confusion_figure(torch.randint(0, int(scale) + 2, (10, 10)), fig=fig),
+    "predictions": lambda scale, fig: figures.predictions_figure(IMAGES, LABELS, torch.randint(0, 10, (20,)), fig),
+}
+
+
+@pytest.mark.parametrize("name", REDRAWN)
 def test_a_figure_redrawn_over_its_kept_background_has_the_pixels_of_a_whole_drawing(name):
-    images, labels = torch.rand(20, 28, 28), torch.randint(0, 10, (20,))
-    draw = {  # each figure, with values of another scale each time: other colour scales, other tick labels
-        "weights": lambda scale, fig: figures.weights_figure(torch.randn(10, 784) * scale, fig=fig),
-        "confusion": lambda scale, fig: figures.confusion_figure(torch.randint(0, int(scale) + 2, (10, 10)), fig=fig),
-        "predictions": lambda scale, fig: figures.predictions_figure(images, labels, torch.randint(0, 10, (20,)), fig),
-    }[name]
+    draw = REDRAWN[name]
     torch.manual_seed(0)
     fig = draw(1.0, None)
     torch.manual_seed(0)
@@ -75,6 +81,18 @@ def test_a_figure_redrawn_over_its_kept_background_has_the_pixels_of_a_whole_dra
         torch.manual_seed(int(scale * 10))
         image = figures.render(draw(scale, fig))
         assert np.array_equal(image, np.asarray(whole.canvas.buffer_rgba())[..., :3])
+
+
+@pytest.mark.parametrize("name", REDRAWN)
+def test_a_figure_redrawn_in_place_is_freed_with_its_last_reference(name):
+    """What render keeps of a figure does not keep it alive: a sweep's jobs one after the other would pile them up."""
+    fig = REDRAWN[name](1.0, None)
+    figures.render(fig)
+    figures.render(REDRAWN[name](2.0, fig))
+    freed = weakref.ref(fig)
+    del fig
+    gc.collect()
+    assert freed() is None
 
 
 def test_confusion_shows_counts_rates_and_per_class_accuracy():

@@ -23,9 +23,15 @@ from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, ge
 
 DPI = 100
 WRONG = "tab:red"
-# of a figure redrawn in place: the artists a redrawing changes, and the pixels of the others
-_changing: weakref.WeakKeyDictionary[Figure, list[Artist]] = weakref.WeakKeyDictionary()
+# of a figure redrawn in place: the artists a redrawing changes, and the pixels of the others; held weakly, as
+# an artist holds its figure: the figure goes, with them, when its run is done with it
+_changing: weakref.WeakKeyDictionary[Figure, list[weakref.ref[Artist]]] = weakref.WeakKeyDictionary()
 _backgrounds: weakref.WeakKeyDictionary[Figure, Any] = weakref.WeakKeyDictionary()
+
+
+def _redrawn(fig: Figure, artists: list[Artist]) -> None:
+    """Record ``artists`` as what a redrawing of ``fig`` changes, in the order a whole drawing draws them."""
+    _changing.setdefault(fig, []).extend(weakref.ref(artist) for artist in artists)
 
 
 def image_grid(
@@ -62,7 +68,7 @@ def predictions_figure(
     if fig is None:
         fig = image_grid(images, titles, colors=colors)
         fig.suptitle("true / predicted (wrong in red)", fontsize=9)
-        _changing[fig] = [ax.title for ax in fig.axes if ax.images]
+        _redrawn(fig, [ax.title for ax in fig.axes if ax.images])
         return fig
     fig.set_layout_engine("none")
     for ax, title, color in zip((ax for ax in fig.axes if ax.images), titles, colors, strict=True):
@@ -91,7 +97,7 @@ def weights_figure(
         for ax in axes.flat:
             ax.set_axis_off()
         colorbar = fig.colorbar(axes.flat[0].images[0], ax=axes, shrink=0.8, label="weight")
-        _changing[fig] = [ax.images[0] for ax in axes.flat if ax.images] + [colorbar.ax]
+        _redrawn(fig, [ax.images[0] for ax in axes.flat if ax.images] + [colorbar.ax])
     else:
         fig.set_layout_engine("none")
     images = [ax.images[0] for ax in fig.axes if ax.images]
@@ -128,7 +134,7 @@ def confusion_figure(
             ax.set_title(title)
             colorbar = fig.colorbar(shown, ax=ax, shrink=0.8)
             # in the order a whole drawing draws them (by zorder): the frame over the cells, the numbers over both
-            _changing.setdefault(fig, []).extend([shown, ax.yaxis, *ax.spines.values(), *ax.texts, colorbar.ax])
+            _redrawn(fig, [shown, ax.yaxis, *ax.spines.values(), *ax.texts, colorbar.ax])
     else:
         fig.set_layout_engine("none")
     for ax, (values, _, fmt) in zip((ax for ax in fig.axes if ax.images), panels, strict=True):
@@ -169,7 +175,7 @@ def render(fig: Figure) -> np.ndarray:
     each redrawing draws just those artists over it: the same pixels, without drawing the rest's text again.
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    changing = _changing.get(fig, [])
+    changing = [artist() for artist in _changing.get(fig, [])]
     if fig in _backgrounds:
         canvas.restore_region(_backgrounds[fig])
         for artist in changing:

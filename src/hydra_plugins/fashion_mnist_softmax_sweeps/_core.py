@@ -6,6 +6,7 @@ so that the compositions (Hydra's, one per job) and the import run at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -174,7 +175,8 @@ def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], o
 
 
 def _worker(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], others: Any, pipe: Any) -> None:
-    pipe.send(_share(launcher, numbered, others))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the process group: the launcher says it stopped
+        pipe.send(_share(launcher, numbered, others))
 
 
 def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]]) -> Callable[[], list[_Job]]:
