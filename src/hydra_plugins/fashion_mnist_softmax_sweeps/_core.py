@@ -30,6 +30,7 @@ from fashion_mnist_softmax.run.failures import job_failed
 from .fused_launcher import FusedLauncher
 
 log = logging.getLogger(__name__)
+WRITTEN = ("callbacks", "logger")  # what groups jobs as written: ${optim.lr} in them is one value for every member
 
 
 class _NoCallbacks:
@@ -44,8 +45,8 @@ class _NoCallbacks:
 
 @dataclasses.dataclass
 class _Job:
-    """A job: its config with the hydra node (as Hydra's callbacks take it), its return, its task config resolved
-    and as written."""
+    """A job: its config with the hydra node (as Hydra's callbacks take it), its return, its task config resolved,
+    and its callbacks and loggers as written (their interpolations unresolved)."""
 
     config: DictConfig
     ret: JobReturn
@@ -75,7 +76,8 @@ def _prepare(launcher: FusedLauncher, config: DictConfig) -> _Job:
     task: list[dict[str, Any]] = []
 
     def keep(cfg: DictConfig) -> None:
-        task.extend(OmegaConf.to_container(cfg, resolve=resolve) for resolve in (True, False))
+        written = {key: OmegaConf.to_container(cfg[key]) for key in WRITTEN if isinstance(cfg.get(key), DictConfig)}
+        task.extend([OmegaConf.to_container(cfg, resolve=True), written])
 
     ret = _run_job(config, keep, dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks()))
     return _Job(config, ret, *task)
