@@ -426,3 +426,15 @@ def test_a_job_that_cannot_be_composed_stops_a_fused_sweep_before_any_job_dir(fa
     result = run_script("train.py", *args)
     assert result.returncode != 0 and "nosuch" in result.stderr
     assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
+
+
+def test_a_job_whose_config_does_not_resolve_runs_alone_and_fails_as_under_the_basic_launcher(fake_archives, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    sweep = tmp_path / "sweep"
+    args = ["-m", *common, "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", "seed=1,2", "data.batch_size=${nope}"]
+    result = run_script("train.py", *args)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "alone: its config does not resolve" in result.stdout + result.stderr
+    assert "2 of 2 jobs failed" in result.stderr
+    for job in ("0", "1"):
+        assert "nope" in (sweep / job / "error.txt").read_text()

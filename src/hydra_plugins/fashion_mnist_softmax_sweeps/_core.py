@@ -30,6 +30,7 @@ from fashion_mnist_softmax.run.failures import job_failed
 from .fused_launcher import FusedLauncher
 
 log = logging.getLogger(__name__)
+UNRESOLVED = "its config does not resolve"
 WRITTEN = ("callbacks", "logger")  # what groups jobs as written: ${optim.lr} in them is one value for every member
 
 
@@ -50,7 +51,7 @@ class _Job:
 
     config: DictConfig
     ret: JobReturn
-    resolved: dict[str, Any]
+    resolved: dict[str, Any] | None
     written: dict[str, Any]
 
 
@@ -80,6 +81,9 @@ def _prepare(launcher: FusedLauncher, config: DictConfig) -> _Job:
         task.extend([OmegaConf.to_container(cfg, resolve=True), written])
 
     ret = _run_job(config, keep, dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks()))
+    if ret.status == JobStatus.FAILED:  # its config does not resolve: it runs alone and fails as it would alone
+        ret.return_value = None
+        return _Job(config, ret, None, {})
     return _Job(config, ret, *task)
 
 
@@ -233,7 +237,8 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     groups: dict[str, list[_Job]] = {}
     alone: dict[int, str] = {}
     for job in jobs:
-        if (reason := why_not_fused(job.resolved)) is None:
+        reason = UNRESOLVED if job.resolved is None else why_not_fused(job.resolved)
+        if reason is None:
             groups.setdefault(group_key(job.resolved, job.written), []).append(job)
         else:
             alone[job.config.hydra.job.num] = reason
