@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import itertools
+import pickle
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from logger_stores import Logged, mlflow_runs, wandb_run
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationKeyError
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -43,6 +47,7 @@ from fashion_mnist_softmax.run.metrics import (
 from fashion_mnist_softmax.run.prediction import predict
 from fashion_mnist_softmax.run.training import train
 from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV
+from hydra_plugins.fashion_mnist_softmax_sweeps._core import _crossing
 
 from conftest import run_script, tiny_overrides
 
@@ -438,3 +443,37 @@ def test_a_job_whose_config_does_not_resolve_runs_alone_and_fails_as_under_the_b
     assert "2 of 2 jobs failed" in result.stderr
     for job in ("0", "1"):
         assert "nope" in (sweep / job / "error.txt").read_text()
+
+
+def test_a_composition_worker_that_dies_stops_the_sweep_instead_of_leaving_the_others_waiting(tmp_path):
+    script = """if True:
+        import os, sys
+        from hydra_plugins.fashion_mnist_softmax_sweeps import _core
+        assert "torch" not in sys.modules  # else the jobs are composed in this process, with no worker to die
+
+        def compose(launcher, overrides, idx):
+            if idx == 1:
+                os._exit(9)
+            return idx
+
+        _core._compose = compose
+        _core._start_jobs(None, [(idx, []) for idx in range(4)])()
+    """
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "stopped before it was done (exit code 9" in " ".join(result.stderr.split())
+
+
+class _TwoArguments(Exception):
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(f"{what} in {where}")
+
+
+def test_what_stops_a_job_in_a_worker_reaches_the_launcher_whole():
+    try:
+        raise ConfigCompositionException() from InterpolationKeyError("Interpolation key 'nope' not found")
+    except ConfigCompositionException as e:
+        num, error = _crossing(3, e)
+    assert num == 3 and "'nope' not found" in str(pickle.loads(pickle.dumps(error)))  # Hydra's cause, kept
+    _, error = _crossing(0, _TwoArguments("a", "b"))  # pickled, it cannot be made again
+    assert str(pickle.loads(pickle.dumps(error))) == "_TwoArguments: a in b"

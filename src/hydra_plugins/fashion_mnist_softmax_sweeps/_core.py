@@ -12,16 +12,21 @@ import functools
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.errors import CompactHydraException, ConfigCompositionException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
@@ -151,38 +156,57 @@ def _outcomes(
         yield _outcome(group_job.result, len(members))
 
 
-def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], others: Any = None) -> Any:
-    """A share of the jobs, composed, then given their dirs: the jobs, or the exception that stopped them.
+def _crossing(num: int, e: Exception) -> tuple[int, Exception]:
+    """What stopped job ``num``, as it can cross to the launcher's process: a pickled exception loses its cause,
+    where Hydra keeps what went wrong in a composition, and some do not unpickle."""
+    if isinstance(e, CompactHydraException) and isinstance(e.__cause__, OmegaConfBaseException):
+        e = ConfigCompositionException(f"{e}\n{e.__cause__}".strip())
+    try:
+        pickle.loads(pickle.dumps(e))
+    except Exception:
+        e = RuntimeError(f"{type(e).__name__}: {e}")
+    return num, e
 
-    ``others`` (a barrier and an event, shared with the workers of the other shares) holds the dirs back until
+
+def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], composed: Any = None) -> Any:
+    """A share of the jobs, composed, then given their dirs: the jobs, or the number of the job that stopped them
+    with the exception that did.
+
+    ``composed`` (a barrier and an event, shared with the workers of the other shares) holds the dirs back until
     every share is composed, so that a job that cannot be composed stops the sweep before any dir exists; a share
     that another one's failure stopped returns None.
     """
-    barrier, failed = others or (None, None)
-    try:
-        configs = [_compose(launcher, overrides, idx) for idx, overrides in numbered]
-    except Exception as e:
-        if others:
-            failed.set()
+    barrier, failed = composed or (None, None)
+    configs = []
+    for idx, overrides in numbered:
+        try:
+            configs.append(_compose(launcher, overrides, idx))
+        except Exception as e:
+            if composed:
+                failed.set()
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait()
+            return _crossing(idx, e)
+    if composed:
+        try:
             barrier.wait()
-        return e
-    if others:
-        barrier.wait()
+        except threading.BrokenBarrierError:  # another worker died
+            return None
         if failed.is_set():
             return None
-    try:
-        jobs = []
-        for config in configs:
+    jobs = []
+    for config in configs:
+        try:
             jobs.append(_prepare(launcher, config))
-            _hydra_logging(launcher)
-        return jobs
-    except Exception as e:
-        return e
+        except Exception as e:
+            return _crossing(config.hydra.job.num, e)
+        _hydra_logging(launcher)
+    return jobs
 
 
-def _worker(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], others: Any, pipe: Any) -> None:
+def _worker(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], composed: Any, pipe: Any) -> None:
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the process group: the launcher says it stopped
-        pipe.send(_share(launcher, numbered, others))
+        pipe.send(_share(launcher, numbered, composed))
 
 
 def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]]) -> Callable[[], list[_Job]]:
@@ -198,27 +222,49 @@ def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     n = min(cores, len(numbered))
     context = multiprocessing.get_context("fork")
-    others = (context.Barrier(n), context.Event())
+    composed = (context.Barrier(n), context.Event())
     pipes, workers = [], []
     for i in range(n):
         receive, send = context.Pipe(duplex=False)
-        workers.append(context.Process(target=_worker, args=(launcher, numbered[i::n], others, send), daemon=True))
+        workers.append(context.Process(target=_worker, args=(launcher, numbered[i::n], composed, send), daemon=True))
         workers[-1].start()
         send.close()
         pipes.append(receive)
 
     def wait() -> list[_Job]:
-        outcomes = [pipe.recv() for pipe in pipes]
+        """Each worker's outcome, as it comes: one that dies (killed, out of memory) frees the others from the
+        barrier and stops the sweep."""
+        outcomes: dict[int, Any] = {}
+        while len(outcomes) < n:
+            ready = multiprocessing.connection.wait([*pipes, *(worker.sentinel for worker in workers)])
+            for i, (pipe, worker) in enumerate(zip(pipes, workers, strict=True)):
+                if i not in outcomes and (pipe in ready or worker.sentinel in ready):
+                    try:
+                        outcomes[i] = pipe.recv()
+                    except EOFError:  # it died before it sent its outcome
+                        composed[0].abort()
+                        outcomes[i] = (numbered[i][0], _died([idx for idx, _ in numbered[i::n]], worker.exitcode))
         for worker in workers:
             worker.join()
-        return _in_order(outcomes)
+        return _in_order(list(outcomes.values()))
 
     return wait
 
 
+def _died(nums: list[int], exitcode: int | None) -> UserError:
+    return UserError(
+        f"The process composing jobs {', '.join(map(str, nums))} of this sweep stopped before it was done (exit code "
+        f"{exitcode}; killed, or out of memory), so the sweep stops before any job trains. Run it again."
+    )
+
+
 def _in_order(outcomes: list[Any]) -> list[_Job]:
-    if errors := [outcome for outcome in outcomes if isinstance(outcome, Exception)]:
-        raise errors[0]
+    """The jobs in order, or what stopped the first job that failed."""
+    if stopped := [outcome for outcome in outcomes if isinstance(outcome, tuple)]:
+        error = min(stopped, key=lambda num_error: num_error[0])[1]
+        if isinstance(error, UserError):
+            refuse(error)
+        raise error
     return sorted((job for jobs in outcomes for job in jobs), key=lambda job: job.config.hydra.job.num)
 
 
