@@ -14,11 +14,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from fashion_mnist_softmax.run.inspection import Figures
 from fashion_mnist_softmax.run.metrics import (
     CONFUSION,
     CURVES,
@@ -97,6 +100,15 @@ def test_figures_are_logged_and_saved_as_pngs(multirun):
         assert (logged.width, logged.height) == png.size
         assert logged.encoded_image_string == path.read_bytes()  # the figure's last drawing, encoded once
         assert min(png.size) >= 150
+
+
+def test_a_figure_published_after_the_writer_closed_is_logged(tmp_path):
+    logger = TensorBoardLogger(tmp_path / "tensorboard", name="", version="")
+    logger.experiment.close()  # as a finished fit leaves it, before testing draws its figures
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    Figures(tmp_path / "figures").publish([logger], CONFUSION, image, step=3)
+    logger.experiment.flush()
+    assert [e.step for e in events(tmp_path).Images(CONFUSION)] == [3]
 
 
 def test_hparams_hold_the_hyperparameters_and_final_metrics(multirun):

@@ -73,7 +73,8 @@ class Figures(L.Callback):
                     height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue()
                 )
                 summary = Summary(value=[Summary.Value(tag=name, image=encoded_image)])
-                logger.experiment.file_writer.add_summary(summary, step)
+                # the writer's own accessor, as its add_image uses: it reopens the file that a finished fit closed
+                logger.experiment._get_file_writer().add_summary(summary, step)
             elif isinstance(logger, WandbLogger):
                 logger.log_image(name, [image], step=step)
             elif isinstance(logger, MLFlowLogger):
