@@ -84,6 +84,17 @@ def test_a_figure_redrawn_over_its_kept_background_has_the_pixels_of_a_whole_dra
 
 
 @pytest.mark.parametrize("name", REDRAWN)
+def test_a_figure_redrawn_at_another_size_is_drawn_whole_at_that_size(name):
+    fig = REDRAWN[name](1.0, None)
+    figures.render(fig)
+    fig.set_dpi(fig.dpi * 1.5)
+    image = figures.render(REDRAWN[name](2.0, fig))
+    assert image.shape == (*np.round(fig.bbox.size[::-1]).astype(int), 3)
+    FigureCanvasAgg(fig).draw()
+    assert np.array_equal(image, np.asarray(fig.canvas.buffer_rgba())[..., :3])
+
+
+@pytest.mark.parametrize("name", REDRAWN)
 def test_a_figure_redrawn_in_place_is_freed_with_its_last_reference(name):
     """What render keeps of a figure does not keep it alive: a sweep's jobs one after the other would pile them up."""
     fig = REDRAWN[name](1.0, None)

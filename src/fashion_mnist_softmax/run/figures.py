@@ -172,12 +172,14 @@ def render(fig: Figure) -> np.ndarray:
     A figure redrawn in place keeps its canvas and the canvas's pixel buffer: a new one for each drawing
     cost time, and memory that the allocator did not give back. Of a figure whose redrawing changes only some
     artists (images, colour bars, the texts that depend on the values), the rest is drawn once and kept, and
-    each redrawing draws just those artists over it: the same pixels, without drawing the rest's text again.
+    each redrawing draws just those artists over it: the same pixels, without drawing the rest's text again. Only
+    the artists so recorded may change between drawings; a figure resized, or at another dpi, is drawn whole.
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    changing = [artist() for artist in _changing.get(fig, [])]
-    if fig in _backgrounds:
-        canvas.restore_region(_backgrounds[fig])
+    changing = [artist for ref in _changing.get(fig, []) if (artist := ref()) is not None]
+    size, (kept_size, background) = tuple(fig.bbox.size), _backgrounds.get(fig, (None, None))
+    if size == kept_size:
+        canvas.restore_region(background)
         for artist in changing:
             fig.draw_artist(artist)
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -189,7 +191,7 @@ def render(fig: Figure) -> np.ndarray:
         for artist in changing:
             artist.set_visible(False)
         canvas.draw()
-        _backgrounds[fig] = canvas.copy_from_bbox(fig.bbox)
+        _backgrounds[fig] = size, canvas.copy_from_bbox(fig.bbox)
         for artist in changing:
             artist.set_visible(True)
         for text, position in placed:  # where the whole drawing put them: a hidden title is placed elsewhere
