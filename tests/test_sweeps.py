@@ -67,6 +67,15 @@ def test_summary_sorts_jobs_and_aggregates_seeds(tmp_path: Path) -> None:
     assert "`impl=scratch`" in md and "0.8250 ± 0.0212" in md and "failed" in md
 
 
+def test_seeds_that_agree_have_a_std_of_zero(tmp_path: Path) -> None:
+    for seed in ("1", "2", "3"):  # three equal values, whose float mean is not exactly theirs
+        _fake_job(tmp_path, int(seed), ["optim.lr=0.1", f"seed={seed}"], 0.7, 0.7)
+    _fake_job(tmp_path, 0, ["optim.lr=0.3", "seed=1"], 0.8, 0.8)
+    write_summary(tmp_path, final=True)
+    (agreed,) = [row for row in _read_csv(tmp_path / SEEDS_CSV) if row["seeds"] == "3"]
+    assert float(agreed[f"{TEST_ACC} std"]) == 0.0
+
+
 def test_summary_keeps_delete_overrides(tmp_path: Path) -> None:
     """A bare ``~key`` has no ``=`` (Hydra's sweepers write ``~key=null``): the summary is still written."""
     _fake_job(tmp_path, 0, ["~callbacks.progress_bar", "optim.lr=0.1"], 0.80, 0.79)

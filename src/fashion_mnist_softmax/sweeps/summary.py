@@ -147,8 +147,10 @@ def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in SUMMARY_METRICS:  # val/acc_best is None where no validation ran
             values = [r[metric] for r in members if r[metric] is not None]
             mean = statistics.fmean(values) if values else None
-            # the sample std in floats: statistics.stdev is exact, in fractions, and a summary is written per job
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            # the sample std in floats (statistics.stdev is exact, in fractions, and a summary is written per job),
+            # 0 for equal values, where a float mean may be off by a last bit
+            spread = len(set(values)) > 1
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if spread else 0.0
             out_row[f"{metric} mean"], out_row[f"{metric} std"] = mean, std if values else None
         out.append(out_row)
     return sorted(out, key=lambda row: _best_first(row | {STATUS: "ok", VAL_ACC_BEST: row[f"{VAL_ACC_BEST} mean"]}))
