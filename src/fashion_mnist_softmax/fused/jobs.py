@@ -103,9 +103,9 @@ def _drop(cfg: dict[str, Any], dotted: str) -> None:
 
 
 def group_key(cfg: dict[str, Any], written: dict[str, Any]) -> str:
-    """What a job shares with the members of its group: its resolved config without the member keys, its callbacks
-    and loggers as written (``written``: unresolved), where ``${optim.lr}`` is one value for every member."""
-    shared = copy.deepcopy(cfg) | {key: written.get(key) for key in ("callbacks", "logger")}
+    """What a job shares with the members of its group: its resolved config without the member keys, with the nodes
+    that the launcher kept as written (unresolved: ``${optim.lr}`` in its callbacks is one value for every member)."""
+    shared = copy.deepcopy(cfg) | written
     for key in MEMBER_KEYS:
         _drop(shared, key)
     if shared.get("optim", {}).get("_target_") in SGDS:
