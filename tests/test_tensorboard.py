@@ -21,7 +21,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fashion_mnist_softmax.run.inspection import Figures
+from fashion_mnist_softmax.run.inspection import Figures, published
 from fashion_mnist_softmax.run.metrics import (
     CONFUSION,
     CURVES,
@@ -107,6 +107,7 @@ def test_a_figure_published_after_the_writer_closed_is_logged(tmp_path):
     logger.experiment.close()  # as a finished fit leaves it, before testing draws its figures
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     Figures(tmp_path / "figures").publish([logger], CONFUSION, image, step=3)
+    published()
     logger.experiment.flush()
     assert [e.step for e in events(tmp_path).Images(CONFUSION)] == [3]
 

@@ -38,7 +38,7 @@ from fashion_mnist_softmax.run import loggers
 from fashion_mnist_softmax.run.checkpoints import save_weights
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
-from fashion_mnist_softmax.run.inspection import Figures, HParams
+from fashion_mnist_softmax.run.inspection import Figures, HParams, published
 from fashion_mnist_softmax.run.metrics import (
     COMPLETED,
     CURVES,
@@ -404,6 +404,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
                 module.W[:, member.k], module.b[member.k] = w.to(module.W.device), b.to(module.b.device)
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_loss, test_acc = module.epoch_metrics("test")
+    published()  # every member's figures, before its loggers are finalized
     for member, i in zip(members, order, strict=True):
         if member.pruned:  # its search stopped it: untested
             tested, test_ckpt, status = {}, None, PRUNED

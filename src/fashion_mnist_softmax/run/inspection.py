@@ -6,9 +6,11 @@ call them with the trainer's values, and a fused sweep calls them for each of it
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,24 @@ from fashion_mnist_softmax.run.metrics import (
     WEIGHTS,
 )
 
+_saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save-png")
+_unlogged: list[tuple[Future, Callable[[bytes], None]]] = []
+
+
+def _save_png(image: np.ndarray, png: Path) -> bytes:
+    png.parent.mkdir(parents=True, exist_ok=True)
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, format="png")
+    png.write_bytes(encoded.getvalue())
+    return encoded.getvalue()
+
+
+def published() -> None:
+    """Log each figure handed to :meth:`Figures.publish`, in order, once its PNG is saved; raise what stopped one."""
+    while _unlogged:
+        saved, log = _unlogged.pop(0)
+        log(saved.result())
+
 
 class Figures(L.Callback):
     """Draws the run's figures on rank 0, saves them as ``<out_dir>/<name>.png`` and logs them: TensorBoard and W&B
@@ -60,17 +80,23 @@ class Figures(L.Callback):
         self._shown: list[tuple[torch.Tensor, ...]] = []
 
     def publish(self, loggers: Sequence[Logger], name: str, fig: Figure | np.ndarray, step: int = 0) -> None:
-        """Render once (unless given the rendered image), save the PNG, and log it to every logger that takes images."""
+        """Render once (unless given the rendered image), save the PNG, and log it to every logger that takes images.
+
+        The PNG is encoded and saved on a thread of its own, whose encoding releases the GIL, while this one draws
+        the next figure; the loggers get it in this thread, in order, at the next figure or at :func:`published`.
+        """
         image = fig if isinstance(fig, np.ndarray) else figures.render(fig)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        png, encoded = self.out_dir / f"{name}.png", io.BytesIO()
-        Image.fromarray(image).save(encoded, format="png")
-        png.write_bytes(encoded.getvalue())
+        png = self.out_dir / f"{name}.png"
+        saved = _saver.submit(_save_png, image, png)
+        published()
+        _unlogged.append((saved, functools.partial(self._log, list(loggers), name, image, png, step)))
+
+    def _log(self, loggers: list[Logger], name: str, image: np.ndarray, png: Path, step: int, encoded: bytes) -> None:
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):  # the same PNG: add_image would encode it again
                 height, width, channels = image.shape
                 encoded_image = Summary.Image(
-                    height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue()
+                    height=height, width=width, colorspace=channels, encoded_image_string=encoded
                 )
                 summary = Summary(value=[Summary.Value(tag=name, image=encoded_image)])
                 # the writer's own accessor, as its add_image uses: it reopens the file that a finished fit closed
@@ -140,6 +166,12 @@ class Figures(L.Callback):
         if trainer.is_global_zero:
             shown = tuple(torch.cat(parts) for parts in zip(*self._shown, strict=True))
             self.draw_tested(trainer.loggers, confusion, shown, trainer.global_step)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        published()  # before Lightning finalizes the loggers
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        published()
 
 
 class HParams(L.Callback):
