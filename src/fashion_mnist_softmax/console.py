@@ -50,10 +50,6 @@ def quiet() -> None:
     # torch 2.15 deprecates a pytree class that Lightning 2.6 still uses internally
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if _not_lightning_info not in logger.filters:
-            logger.addFilter(_not_lightning_info)
-    mlflow_logger = logging.getLogger("lightning.pytorch.loggers.mlflow")
-    if _not_new_experiment not in mlflow_logger.filters:
-        mlflow_logger.addFilter(_not_new_experiment)
+        logging.getLogger(name).addFilter(_not_lightning_info)  # a filter it holds already is not added again
+    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_not_new_experiment)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # the store's tables made on first use

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import socket
 import struct
 import zlib
@@ -95,8 +96,7 @@ def _extract(gz: Path, dest: Path) -> None:
     fd, tmp = temp_file_beside(dest)  # readable by others as any file the user makes: data folders are shared
     try:
         with os.fdopen(fd, "wb") as out, gzip.open(gz, "rb") as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
+            shutil.copyfileobj(src, out, 1 << 20)
         check_idx(Path(tmp), RAW_FILES[dest.name])
         os.replace(tmp, dest)
     except (OSError, EOFError, zlib.error, DataError) as e:

@@ -77,9 +77,7 @@ def predictions_figure(
     return fig
 
 
-def weights_figure(
-    templates: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES, fig: Figure | None = None
-) -> Figure:
+def weights_figure(templates: torch.Tensor, fig: Figure | None = None) -> Figure:
     """The ten (784,) weight templates as 28×28 images on one colour scale centred at 0.
 
     Red pixels raise a class's score, blue ones lower it. Given the ``fig`` of an earlier call, it
@@ -91,7 +89,7 @@ def weights_figure(
         fig = Figure(figsize=(9, 4), dpi=DPI, layout="constrained")
         axes = fig.subplots(2, -(-len(w) // 2), squeeze=False)
         norm = Normalize()
-        for ax, name in zip(axes.flat, class_names[: len(w)], strict=False):
+        for ax, name in zip(axes.flat, CLASS_NAMES[: len(w)], strict=False):
             ax.imshow(np.zeros((IMAGE_SIZE, IMAGE_SIZE)), cmap="RdBu_r", norm=norm)
             ax.set_title(name, fontsize=9)
         for ax in axes.flat:
@@ -108,9 +106,7 @@ def weights_figure(
     return fig
 
 
-def confusion_figure(
-    confusion: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES, fig: Figure | None = None
-) -> Figure:
+def confusion_figure(confusion: torch.Tensor, fig: Figure | None = None) -> Figure:
     """A confusion matrix (rows: true class, columns: predicted) in counts and row-normalised.
 
     The row-normalised panel's diagonal is each class's accuracy, also written next to its name. Given
@@ -119,8 +115,8 @@ def confusion_figure(
     """
     counts = confusion.detach().cpu().double().numpy()
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    ticks = np.arange(len(class_names))
-    names = [f"{name} ({acc:.0%})" for name, acc in zip(class_names, np.diag(rates), strict=True)]
+    ticks = np.arange(len(CLASS_NAMES))
+    names = [f"{name} ({acc:.0%})" for name, acc in zip(CLASS_NAMES, np.diag(rates), strict=True)]
     panels = ((counts, "counts", "d"), (rates, "row-normalised", ".2f"))
     if fig is None:
         fig = Figure(figsize=(12, 5), dpi=DPI, layout="constrained")
@@ -128,7 +124,7 @@ def confusion_figure(
             shown = ax.imshow(values, cmap="Blues")
             for i, j in np.ndindex(values.shape):
                 ax.text(j, i, "", ha="center", va="center", fontsize=7)
-            ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+            ax.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right", fontsize=8)
             ax.set_xlabel("predicted")
             ax.set_ylabel("true (per-class accuracy)")
             ax.set_title(title)

@@ -24,11 +24,11 @@ from fashion_mnist_softmax.sweeps.trials import STORAGES
 
 
 class ReportToTrial(L.Callback):
-    """Reports ``monitor`` to the job's Optuna trial after each validation of the fit, and stops a pruned job at the
+    """Reports ``val/acc`` to the job's Optuna trial after each validation of the fit, and stops a pruned job at the
     end of that epoch. Without a trial (``trial: null``, any run outside a pruned search) it does nothing."""
 
-    def __init__(self, trial: Mapping[str, Any] | None, monitor: str = VAL_ACC) -> None:
-        self.trial_config, self.monitor = (dict(trial) if trial else None), monitor
+    def __init__(self, trial: Mapping[str, Any] | None) -> None:
+        self.trial_config = dict(trial) if trial else None
         self.pruned_at: int | None = None  # the epoch after which the trial was pruned
         self._trial: Any = None
 
@@ -60,6 +60,6 @@ class ReportToTrial(L.Callback):
         if self.trial_config is None or not fit_validation(trainer):
             return
         epoch = trainer.current_epoch + 1
-        prune = trainer.is_global_zero and self.should_prune(float(trainer.callback_metrics[self.monitor]), epoch)
+        prune = trainer.is_global_zero and self.should_prune(float(trainer.callback_metrics[VAL_ACC]), epoch)
         if trainer.strategy.broadcast(prune, src=0):  # every rank stops, and skips testing, together
             self.pruned_at, trainer.should_stop = epoch, True

@@ -31,16 +31,16 @@ from fashion_mnist_softmax.run.metrics import (
     INTERRUPTED,
     METRICS_FILE,
     PRUNED,
+    STATUS,
     TEST_ACC,
     TEST_LOSS,
     VAL_ACC_BEST,
 )
-from fashion_mnist_softmax.run.metrics import STATUS as STATUS_KEY
 
 SUMMARY_CSV, SUMMARY_MD, SEEDS_CSV = "summary.csv", "summary.md", "summary_seeds.csv"
 LOCK = ".summary.lock"
 SUMMARY_METRICS = (VAL_ACC_BEST, TEST_ACC, TEST_LOSS)
-SEED, STATUS, REASON, TRIAL = "seed", "status", "reason", "trial"
+SEED, REASON, TRIAL = "seed", "reason", "trial"
 log = logging.getLogger(__name__)
 
 
@@ -87,7 +87,7 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
         found, status, reason = {}, "running", ""
         if (job_dir / METRICS_FILE).is_file():
             found = _parsed(job_dir / METRICS_FILE)
-            status = found[STATUS_KEY] if found.get(STATUS_KEY) in (PRUNED, INTERRUPTED) else "ok"
+            status = found[STATUS] if found.get(STATUS) in (PRUNED, INTERRUPTED) else "ok"
             reason = f"{status} after epoch {len(found['history'])}" if status != "ok" else ""
         elif (job_dir / ERROR_FILE).is_file():
             status, reason = "failed", (job_dir / ERROR_FILE).read_text().split("\n\n")[0].strip()
