@@ -1,15 +1,20 @@
-"""The figure functions: tensors in, a Figure out, rendered without a display."""
+"""The figure functions: arrays or tensors in, a Figure out, rendered without a display."""
 
 import gc
+import multiprocessing
 import weakref
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
 
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES
 from fashion_mnist_softmax.run import figures
+from fashion_mnist_softmax.run.inspection import Figures, published
+from fashion_mnist_softmax.run.metrics import CONFUSION, CURVES, PREDICTIONS, TRAIN_LOSS, WEIGHTS
 
 
 def size_in_pixels(fig) -> tuple[int, int]:
@@ -155,3 +160,20 @@ def test_curves_drawn_anew_on_a_cleared_figure_have_a_fresh_figures_pixels():
     figures.render(fig)
     assert figures.curves_figure([1, 2, 3], second, fig=fig) is fig
     assert np.array_equal(figures.render(fig), figures.render(figures.curves_figure([1, 2, 3], second)))
+
+
+def test_figures_drawn_by_a_painter_process_have_the_pixels_of_those_drawn_here(tmp_path):
+    """As a fused sweep draws its members' figures: in processes of their own, while the population trains."""
+    here, there = Figures(tmp_path / "here"), Figures(tmp_path / "there")
+    with ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as painter:
+        there.painter = painter
+        for drawer in (here, there):
+            torch.manual_seed(0)
+            for epoch in (1, 2):
+                drawer.draw_weights([], torch.randn(10, 784), epoch)
+            drawer.draw_curves([], [{"epoch": 1, TRAIN_LOSS: 0.6}, {"epoch": 2, TRAIN_LOSS: 0.5}])
+            drawer.draw_tested([], torch.randint(0, 90, (10, 10)), (IMAGES, LABELS, torch.randint(0, 10, (20,))), 3)
+        published()
+    for name in (WEIGHTS, CURVES, CONFUSION, PREDICTIONS):
+        pixels = [np.asarray(Image.open(tmp_path / place / f"{name}.png")) for place in ("here", "there")]
+        assert np.array_equal(*pixels), name

@@ -13,9 +13,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+import importlib
 import json
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,7 @@ from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
 from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.models.classifier import Classifier
-from fashion_mnist_softmax.run import loggers
+from fashion_mnist_softmax.run import figures, loggers
 from fashion_mnist_softmax.run.checkpoints import save_weights
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
@@ -71,6 +75,7 @@ MEMBER_KEYS = (
     "trial",
 )
 SGDS = (SGDConfig._target_, ScratchSGDConfig._target_)
+PAINTERS = 4  # processes drawing figures at most: each holds matplotlib and its figures, about 100 MB
 FUSED_SGD_KEYS = ("_target_", "lr", "momentum", "weight_decay")  # the options the fused SGD applies per member
 # torch.optim.SGD's other options at their defaults, which take the fused SGD's steps; any other value does not
 SGD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SGDConfig) if f.name not in FUSED_SGD_KEYS}
@@ -342,6 +347,22 @@ class MemberOutputs(L.Callback):
             member.figures.draw_tested(member.loggers, confusion[member.k], shown, trainer.global_step)
 
 
+def _painter(members: list[Member]) -> ProcessPoolExecutor | None:
+    """Processes that draw the members' figures while the population trains and tests, one a core up to ``PAINTERS``,
+    started now, while the data loads; None where no member draws, or on one core."""
+    drawing = [member.figures for member in members if member.figures is not None]
+    n = min(PAINTERS, os.cpu_count() or 1)
+    if not drawing or n < 2:
+        return None
+    context = multiprocessing.get_context("spawn")  # this process's threads make a fork unsafe
+    painter = ProcessPoolExecutor(n, context, initializer=importlib.import_module, initargs=(figures.__name__,))
+    for _ in range(n):
+        painter.submit(int)  # each process starts on a task
+    for drawer in drawing:
+        drawer.painter, drawer.in_flight = painter, n
+    return painter
+
+
 def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     """Train the resolved configs of one group's jobs together; write each job's outputs; return each job's
     ``val/acc_best`` (:class:`~fashion_mnist_softmax.sweeps.trials.Pruned` if its trial was pruned), or the
@@ -372,6 +393,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     figs: dict[str, Any] = {}  # drawn for the first member, redrawn in place for the others
     members = [Member(cfgs[i], k, models[cfgs[i]["impl"]["_target_"]], figs) for k, i in enumerate(order)]
     data = {k: v for k, v in base["data"].items() if k not in ("_target_", "shuffle_seed")}
+    painter = _painter(members)
     datamodule = FusedDataModule(sorted({shuffle_seed(i) for i in order}), **data)
     module = FusedSoftmaxRegression(
         [cfgs[i]["seed"] for i in order],
@@ -405,6 +427,8 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     trainer.test(module, datamodule=datamodule, verbose=False)
     test_loss, test_acc = module.epoch_metrics("test")
     published()  # every member's figures, before its loggers are finalized
+    if painter is not None:
+        painter.shutdown()
     for member, i in zip(members, order, strict=True):
         if member.pruned:  # its search stopped it: untested
             tested, test_ckpt, status = {}, None, PRUNED

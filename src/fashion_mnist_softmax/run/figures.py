@@ -1,7 +1,7 @@
-"""The chapter's pictures and a few more: tensors in, a matplotlib ``Figure`` out.
+"""The chapter's pictures and a few more: arrays (or CPU tensors) in, a matplotlib ``Figure`` out.
 
 Built without pyplot and rendered by the Agg canvas (:func:`render`), they need no display, and what
-is kept of a figure between its drawings goes with it.
+is kept of a figure between its drawings goes with it. Without torch, a process of its own can draw them.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
 
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
+from fashion_mnist_softmax.run.metrics import CONFUSION, CURVES, PREDICTIONS, WEIGHTS
 
 DPI = 100
 WRONG = "tab:red"
@@ -35,28 +36,26 @@ def _redrawn(fig: Figure, artists: list[Artist]) -> None:
 
 
 def image_grid(
-    images: torch.Tensor, titles: Sequence[str], ncols: int = 10, cmap: str = "gray", colors: Sequence[str] = ()
+    images: ArrayLike, titles: Sequence[str], ncols: int = 10, cmap: str = "gray", colors: Sequence[str] = ()
 ) -> Figure:
     """Images of shape (N, 28, 28) or (N, 1, 28, 28) in rows of ``ncols``, each with its title."""
-    images = images.detach().cpu().float().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    images = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     nrows = -(-len(images) // ncols)
     fig = Figure(figsize=(1.2 * ncols, 1.5 * nrows), dpi=DPI, layout="constrained")
     for i, ax in enumerate(fig.subplots(nrows, ncols, squeeze=False).flat):
         ax.set_axis_off()
         if i < len(images):
-            ax.imshow(images[i].numpy(), cmap=cmap)
+            ax.imshow(images[i], cmap=cmap)
             ax.set_title(titles[i], fontsize=8, color=colors[i] if colors else "black")
     return fig
 
 
-def samples_figure(images: torch.Tensor, labels: torch.Tensor) -> Figure:
+def samples_figure(images: ArrayLike, labels: ArrayLike) -> Figure:
     """The chapter's ``show_fashion_mnist``: images with their text labels."""
     return image_grid(images, get_fashion_mnist_labels(labels))
 
 
-def predictions_figure(
-    images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, fig: Figure | None = None
-) -> Figure:
+def predictions_figure(images: ArrayLike, labels: ArrayLike, predicted: ArrayLike, fig: Figure | None = None) -> Figure:
     """The chapter's last figure: each image titled "true / predicted", wrong predictions in red.
 
     Given the ``fig`` of an earlier call on the same images, it rewrites only the titles, in place.
@@ -64,7 +63,7 @@ def predictions_figure(
     titles = [
         f"{t}\n{p}" for t, p in zip(get_fashion_mnist_labels(labels), get_fashion_mnist_labels(predicted), strict=True)
     ]
-    colors = [WRONG if t != p else "black" for t, p in zip(labels.tolist(), predicted.tolist(), strict=True)]
+    colors = [WRONG if t != p else "black" for t, p in zip(np.asarray(labels), np.asarray(predicted), strict=True)]
     if fig is None:
         fig = image_grid(images, titles, colors=colors)
         fig.suptitle("true / predicted (wrong in red)", fontsize=9)
@@ -77,14 +76,14 @@ def predictions_figure(
     return fig
 
 
-def weights_figure(templates: torch.Tensor, fig: Figure | None = None) -> Figure:
+def weights_figure(templates: ArrayLike, fig: Figure | None = None) -> Figure:
     """The ten (784,) weight templates as 28×28 images on one colour scale centred at 0.
 
     Red pixels raise a class's score, blue ones lower it. Given the ``fig`` of an earlier call, it
     redraws that figure in place: only the pixels and the colour scale change, and the layout,
     which costs most of a drawing, is kept from the first one.
     """
-    w = templates.detach().cpu().float().reshape(-1, IMAGE_SIZE, IMAGE_SIZE).numpy()
+    w = np.asarray(templates, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     if fig is None:
         fig = Figure(figsize=(9, 4), dpi=DPI, layout="constrained")
         axes = fig.subplots(2, -(-len(w) // 2), squeeze=False)
@@ -106,14 +105,14 @@ def weights_figure(templates: torch.Tensor, fig: Figure | None = None) -> Figure
     return fig
 
 
-def confusion_figure(confusion: torch.Tensor, fig: Figure | None = None) -> Figure:
+def confusion_figure(confusion: ArrayLike, fig: Figure | None = None) -> Figure:
     """A confusion matrix (rows: true class, columns: predicted) in counts and row-normalised.
 
     The row-normalised panel's diagonal is each class's accuracy, also written next to its name. Given
     the ``fig`` of an earlier call, it redraws that figure in place: the cells, their numbers and the
     accuracies change, the layout is kept.
     """
-    counts = confusion.detach().cpu().double().numpy()
+    counts = np.asarray(confusion, dtype=np.float64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     ticks = np.arange(len(CLASS_NAMES))
     names = [f"{name} ({acc:.0%})" for name, acc in zip(CLASS_NAMES, np.diag(rates), strict=True)]
@@ -193,3 +192,15 @@ def render(fig: Figure) -> np.ndarray:
         for text, position in placed:  # where the whole drawing put them: a hidden title is placed elsewhere
             text.set_position(position)
     return image
+
+
+FIGURES = {WEIGHTS: weights_figure, CURVES: curves_figure, CONFUSION: confusion_figure, PREDICTIONS: predictions_figure}
+_drawn_here: dict[str, Figure] = {}  # a drawing process's figures, each redrawn in place
+
+
+def drawn(name: str, *data: Any, figs: dict[str, Figure] | None = None) -> np.ndarray:
+    """Figure ``name`` of :data:`FIGURES` drawn from ``data`` on the one ``figs`` (by default, this process's) holds,
+    in place, and rendered."""
+    figs = _drawn_here if figs is None else figs
+    figs[name] = FIGURES[name](*data, fig=figs.get(name))
+    return render(figs[name])

@@ -10,7 +10,7 @@ import functools
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +42,25 @@ from fashion_mnist_softmax.run.metrics import (
 )
 
 _saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save-png")
-_unlogged: list[tuple[Future, Callable[[bytes], None]]] = []
+_unlogged: list[tuple[Future, Callable[..., None]]] = []
 
 
-def _save_png(image: np.ndarray, png: Path) -> bytes:
+def _save_png(image: np.ndarray | Future, png: Path) -> tuple[np.ndarray, bytes]:
+    """The image (once drawn, if another process draws it) and its PNG, saved as ``png``."""
+    image = image.result() if isinstance(image, Future) else image
     png.parent.mkdir(parents=True, exist_ok=True)
     encoded = io.BytesIO()
     Image.fromarray(image).save(encoded, format="png")
     png.write_bytes(encoded.getvalue())
-    return encoded.getvalue()
+    return image, encoded.getvalue()
 
 
-def published() -> None:
-    """Log each figure handed to :meth:`Figures.publish`, in order, once its PNG is saved; raise what stopped one."""
-    while _unlogged:
+def published(keep: int = 0) -> None:
+    """Log each figure handed to :meth:`Figures.publish`, in order, once its PNG is saved, until ``keep`` are left;
+    raise what stopped one."""
+    while len(_unlogged) > keep:
         saved, log = _unlogged.pop(0)
-        log(saved.result())
+        log(*saved.result())
 
 
 class Figures(L.Callback):
@@ -68,7 +71,7 @@ class Figures(L.Callback):
     every epoch's end, ``curves`` (from the epoch history) when fitting ends, and, from the classes that
     ``test_step`` returns, ``predictions`` and ``confusion`` after testing. Each figure is drawn once and
     redrawn in place; ``figs`` holds them (and the samples' rendered image), and the members of a fused sweep
-    share one ``figs``.
+    share one ``figs``, or the processes of its ``painter``, which draw while the population trains and tests.
     """
 
     curves = (TRAIN_LOSS, TRAIN_ACC, VAL_ACC)
@@ -76,22 +79,26 @@ class Figures(L.Callback):
     def __init__(self, out_dir: str | Path, num_samples: int = 10, num_predictions: int = 20) -> None:
         self.out_dir, self.num_samples, self.num_predictions = Path(out_dir), num_samples, num_predictions
         self.figs: dict[str, Figure] = {}
+        # a fused sweep's processes that draw its members' figures, and how many figures may be on their way
+        self.painter: Executor | None = None
+        self.in_flight = 1
         self._confusion: MulticlassConfusionMatrix | None = None
         self._shown: list[tuple[torch.Tensor, ...]] = []
 
-    def publish(self, loggers: Sequence[Logger], name: str, fig: Figure | np.ndarray, step: int = 0) -> None:
-        """Render once (unless given the rendered image), save the PNG, and log it to every logger that takes images.
+    def publish(self, loggers: Sequence[Logger], name: str, image: np.ndarray | Future, step: int = 0) -> None:
+        """Save the rendered image (or the one a painter process will hand back) as a PNG, and log it to every logger
+        that takes images.
 
-        The PNG is encoded and saved on a thread of its own, whose encoding releases the GIL, while this one draws
-        the next figure; the loggers get it in this thread, in order, at the next figure or at :func:`published`.
+        The PNG is encoded and saved on a thread of its own, whose encoding releases the GIL, while this one goes
+        on; the loggers get it in this thread, in order, once at most ``in_flight`` figures are left to save, or at
+        :func:`published`.
         """
-        image = fig if isinstance(fig, np.ndarray) else figures.render(fig)
         png = self.out_dir / f"{name}.png"
         saved = _saver.submit(_save_png, image, png)
-        published()
-        _unlogged.append((saved, functools.partial(self._log, list(loggers), name, image, png, step)))
+        _unlogged.append((saved, functools.partial(self._log, list(loggers), name, png, step)))
+        published(keep=self.in_flight)
 
-    def _log(self, loggers: list[Logger], name: str, image: np.ndarray, png: Path, step: int, encoded: bytes) -> None:
+    def _log(self, loggers: list[Logger], name: str, png: Path, step: int, image: np.ndarray, encoded: bytes) -> None:
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):  # the same PNG: add_image would encode it again
                 height, width, channels = image.shape
@@ -106,6 +113,14 @@ class Figures(L.Callback):
             elif isinstance(logger, MLFlowLogger):
                 logger.experiment.log_artifact(logger.run_id, str(png), artifact_path=self.out_dir.name)
 
+    def _draw(self, loggers: Sequence[Logger], name: str, step: int, *data: Any) -> None:
+        """Figure ``name`` drawn from ``data`` (arrays) on its last drawing, here or by the painter, and published."""
+        if self.painter is None:
+            image = figures.drawn(name, *data, figs=self.figs)
+        else:
+            image = self.painter.submit(figures.drawn, name, *data)
+        self.publish(loggers, name, image, step)
+
     def draw_samples(self, loggers: Sequence[Logger], dataset: Any) -> None:
         if SAMPLES not in self.figs:  # the same images for every member of a fused sweep: rendered once
             images, labels = dataset[torch.arange(min(self.num_samples, len(dataset)))]
@@ -113,15 +128,13 @@ class Figures(L.Callback):
         self.publish(loggers, SAMPLES, self.figs[SAMPLES])
 
     def draw_weights(self, loggers: Sequence[Logger], templates: torch.Tensor, epoch: int) -> None:
-        self.figs[WEIGHTS] = figures.weights_figure(templates, fig=self.figs.get(WEIGHTS))
-        self.publish(loggers, WEIGHTS, self.figs[WEIGHTS], step=epoch)
+        self._draw(loggers, WEIGHTS, epoch, templates.detach().cpu().numpy())
 
     def draw_curves(self, loggers: Sequence[Logger], history: list[dict[str, float]]) -> None:
         if history:
             epochs = [row["epoch"] for row in history]
             series = {name: [row.get(name, math.nan) for row in history] for name in self.curves}
-            self.figs[CURVES] = figures.curves_figure(epochs, series, fig=self.figs.get(CURVES))
-            self.publish(loggers, CURVES, self.figs[CURVES], step=epochs[-1])
+            self._draw(loggers, CURVES, epochs[-1], epochs, series)
 
     def draw_tested(
         self,
@@ -131,10 +144,8 @@ class Figures(L.Callback):
         step: int,
     ) -> None:
         """The confusion matrix, and the first test images (images, labels, predicted classes) with their labels."""
-        self.figs[CONFUSION] = figures.confusion_figure(confusion, fig=self.figs.get(CONFUSION))
-        self.publish(loggers, CONFUSION, self.figs[CONFUSION], step)
-        self.figs[PREDICTIONS] = figures.predictions_figure(*shown, fig=self.figs.get(PREDICTIONS))
-        self.publish(loggers, PREDICTIONS, self.figs[PREDICTIONS], step)
+        self._draw(loggers, CONFUSION, step, confusion.cpu().numpy())
+        self._draw(loggers, PREDICTIONS, step, *(t.cpu().numpy() for t in shown))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
