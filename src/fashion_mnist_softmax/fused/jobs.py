@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import importlib
 import json
 import math
 import multiprocessing
@@ -355,7 +354,7 @@ def _painter(members: list[Member]) -> ProcessPoolExecutor | None:
     if not drawing or n < 2:
         return None
     context = multiprocessing.get_context("spawn")  # this process's threads make a fork unsafe
-    painter = ProcessPoolExecutor(n, context, initializer=importlib.import_module, initargs=(figures.__name__,))
+    painter = ProcessPoolExecutor(n, context, initializer=figures.start_painting)
     for _ in range(n):
         painter.submit(int)  # each process starts on a task
     for drawer in drawing:
