@@ -167,21 +167,20 @@ def render(fig: Figure) -> np.ndarray:
 
     A figure redrawn in place keeps its canvas and the canvas's pixel buffer: a new one for each drawing
     cost time, and memory that the allocator did not give back. Of a figure whose redrawing changes only some
-    artists (images, colour bars, the texts that depend on the values), the rest is drawn once and kept, and
-    each redrawing draws just those artists over it: the same pixels, without drawing the rest's text again. Only
-    the artists so recorded may change between drawings; a figure resized, or at another dpi, is drawn whole.
+    artists (images, colour bars, the texts that depend on the values), the rest is drawn at its second drawing
+    and kept, and each drawing from then on draws just those artists over it: the same pixels, without drawing the
+    rest's text again (a figure drawn once, as most test figures are, is drawn once). Only the artists so recorded
+    may change between drawings; a figure resized, or at another dpi, is drawn whole.
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     changing = [artist for ref in _changing.get(fig, []) if (artist := ref()) is not None]
     size, (kept_size, background) = tuple(fig.bbox.size), _backgrounds.get(fig, (None, None))
-    if size == kept_size:
-        canvas.restore_region(background)
-        for artist in changing:
-            fig.draw_artist(artist)
+    if size != kept_size or not changing:  # its first drawing at this size
+        canvas.draw()
+        if changing:
+            _backgrounds[fig] = size, None
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    canvas.draw()
-    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    if changing:  # the rest, drawn once more without them, in the layout just drawn
+    if background is None:  # its second: the rest, drawn without them in the layout of the first, is kept
         fig.set_layout_engine("none")
         placed = [(text, text.get_position()) for text in changing if isinstance(text, Text)]
         for artist in changing:
@@ -192,7 +191,11 @@ def render(fig: Figure) -> np.ndarray:
             artist.set_visible(True)
         for text, position in placed:  # where the whole drawing put them: a hidden title is placed elsewhere
             text.set_position(position)
-    return image
+    else:
+        canvas.restore_region(background)
+    for artist in changing:
+        fig.draw_artist(artist)
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 FIGURES = {WEIGHTS: weights_figure, CURVES: curves_figure, CONFUSION: confusion_figure, PREDICTIONS: predictions_figure}
