@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +31,11 @@ from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import (
     CONFUSION,
     CURVES,
+    INTERRUPTED,
     METRICS_FILE,
     PREDICTIONS,
     SAMPLES,
+    STATUS,
     TEST_ACC,
     TEST_LOSS,
     TRAIN_ACC,
@@ -46,10 +50,10 @@ from fashion_mnist_softmax.run.metrics import (
 )
 from fashion_mnist_softmax.run.prediction import predict
 from fashion_mnist_softmax.run.training import train
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV
+from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV, SUMMARY_MD
 from hydra_plugins.fashion_mnist_softmax_sweeps._core import _crossing
 
-from conftest import run_script, tiny_overrides
+from conftest import ROOT, run_script, tiny_overrides
 
 FIGURES = (SAMPLES, WEIGHTS, CURVES, CONFUSION, PREDICTIONS)
 
@@ -477,3 +481,30 @@ def test_what_stops_a_job_in_a_worker_reaches_the_launcher_whole():
     assert num == 3 and "'nope' not found" in str(pickle.loads(pickle.dumps(error)))  # Hydra's cause, kept
     _, error = _crossing(0, _TwoArguments("a", "b"))  # pickled, it cannot be made again
     assert str(pickle.loads(pickle.dumps(error))) == "_TwoArguments: a in b"
+
+
+def test_a_sigint_stops_a_fused_sweep_with_each_jobs_finished_epochs_and_a_summary(fake_archives, tmp_path):
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    sweep = tmp_path / "sweep"
+    args = [*common, "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", "seed=1,2", "trainer.max_epochs=100"]
+    command = [sys.executable, str(ROOT / "train.py"), "-m", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = []
+    while not (said and said[-1].startswith("fused epoch 1:")):
+        said.append(proc.stdout.readline().strip())
+        assert said[-1] or proc.poll() is None, said
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+    stopped = re.search(r"Interrupted after (\d+) of 100 epochs: the 2 jobs of this fused group", " ".join(out.split()))
+    assert stopped, out[-2000:]
+    epochs = int(stopped.group(1))
+    for job in ("0", "1"):
+        metrics = read_metrics(sweep / job)
+        assert metrics[STATUS] == INTERRUPTED and [row["epoch"] for row in metrics["history"]] == [
+            *range(1, epochs + 1)
+        ]
+    assert out.splitlines()[-1] == f"The sweep stopped: see {sweep / SUMMARY_MD}"
+    rows = (sweep / SUMMARY_CSV).read_text().splitlines()
+    assert len(rows) == 3 and all(",interrupted," in row for row in rows[1:])

@@ -45,6 +45,7 @@ from fashion_mnist_softmax.run.inspection import Figures, HParams, published
 from fashion_mnist_softmax.run.metrics import (
     COMPLETED,
     CURVES,
+    INTERRUPTED,
     METRICS_FILE,
     PRUNED,
     TEST_ACC,
@@ -58,7 +59,7 @@ from fashion_mnist_softmax.run.metrics import (
     WEIGHTS,
 )
 from fashion_mnist_softmax.run.progress import ParameterSummary
-from fashion_mnist_softmax.run.training import instantiate_all
+from fashion_mnist_softmax.run.training import instantiate_all, sweep_stopped
 from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
 from fashion_mnist_softmax.sweeps.trials import objective
 
@@ -362,6 +363,26 @@ def _painter(members: list[Member]) -> ProcessPoolExecutor | None:
     return painter
 
 
+def _interrupted(members: list[Member], max_epochs: int) -> None:
+    """Each member's ``metrics.json`` with the epochs it finished, its loggers ended, one line, and the summary."""
+    published()
+    for member in members:
+        status = PRUNED if member.pruned else INTERRUPTED
+        metrics = run_metrics(
+            member.model.name, member.cfg["seed"], {}, None, member.cfg, member.summary.history, status
+        )
+        write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
+        loggers.finish(member.loggers, "failed")
+    print(
+        console.paragraph(
+            f"Interrupted after {len(members[0].summary.history)} of {max_epochs} epochs: the {len(members)} jobs of "
+            f"this fused group keep their checkpoints (weights only: eval.py and predict.py take them, train.py does "
+            f"not resume them). Run the sweep again to train them."
+        )
+    )
+    sweep_stopped("")
+
+
 def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     """Train the resolved configs of one group's jobs together; write each job's outputs; return each job's
     ``val/acc_best`` (:class:`~fashion_mnist_softmax.sweeps.trials.Pruned` if its trial was pruned), or the
@@ -416,14 +437,19 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
         enable_model_summary=False,
         default_root_dir=Path(base["paths"]["output_dir"]).parent,
     )
-    trainer.fit(module, datamodule=datamodule)
-    gc.collect()  # the training's cyclic garbage, freed before K members' test figures are drawn (tens of MB)
-    with torch.no_grad():  # each member tested with the checkpoint its test_ckpt names
-        for member in members:
-            if module.alive[member.k] and base["test_ckpt"] == "best" and member.best_state is not None:
-                w, b = member.best_state
-                module.W[:, member.k], module.b[member.k] = w.to(module.W.device), b.to(module.b.device)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        gc.collect()  # the training's cyclic garbage, freed before K members' test figures are drawn (tens of MB)
+        with torch.no_grad():  # each member tested with the checkpoint its test_ckpt names
+            for member in members:
+                if module.alive[member.k] and base["test_ckpt"] == "best" and member.best_state is not None:
+                    w, b = member.best_state
+                    module.W[:, member.k], module.b[member.k] = w.to(module.W.device), b.to(module.b.device)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    except SystemExit:  # Lightning's own exit after Ctrl-C
+        if trainer.interrupted:
+            _interrupted(members, trainer.max_epochs)
+        raise
     test_loss, test_acc = module.epoch_metrics("test")
     published()  # every member's figures, before its loggers are finalized
     if painter is not None:

@@ -105,10 +105,15 @@ def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> 
         print(f"{stopped}: saved {saver.path}. Resume with:\n  {resume_command(run_dir, saver.path)}")
     else:  # stopped before training started, or without SaveOnInterrupt: Lightning stopped it, and nothing was saved
         print(f"{stopped}.")
-    if in_multirun():  # the sweep stops with this job: its summary says so, and which jobs ran
+    sweep_stopped(f" at job {HydraConfig.get().job.num}" if in_multirun() else "")
+
+
+def sweep_stopped(where: str) -> None:
+    """In a multirun, which stops with an interrupted job: its summary says so, and which jobs ran."""
+    if in_multirun():
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         write_summary(sweep_dir)
-        print(f"The sweep stopped at job {HydraConfig.get().job.num}: see {sweep_dir / SUMMARY_MD}")
+        print(f"The sweep stopped{where}: see {sweep_dir / SUMMARY_MD}")
 
 
 def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
