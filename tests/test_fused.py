@@ -7,9 +7,11 @@ import itertools
 import os
 import pickle
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -484,18 +486,22 @@ def test_what_stops_a_job_in_a_worker_reaches_the_launcher_whole():
 
 
 def test_a_sigint_stops_a_fused_sweep_with_each_jobs_finished_epochs_and_a_summary(fake_archives, tmp_path):
+    """Every job stops at the same epoch, between two steps or once each has its epoch's row and checkpoints."""
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
     sweep = tmp_path / "sweep"
     args = [*common, "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", "seed=1,2", "trainer.max_epochs=100"]
     command = [sys.executable, str(ROOT / "train.py"), "-m", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    said = []
-    while not (said and said[-1].startswith("fused epoch 1:")):
-        said.append(proc.stdout.readline().strip())
-        assert said[-1] or proc.poll() is None, said
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        said, deadline = [], time.monotonic() + 120
+        while not (said and said[-1].startswith("fused epoch 1:")):
+            assert select.select([proc.stdout], [], [], deadline - time.monotonic())[0], said
+            said.append(proc.stdout.readline().strip())
+            assert said[-1] or proc.poll() is None, said
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    err = (tmp_path / "stderr").read_text()
     assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
     stopped = re.search(r"Interrupted after (\d+) of 100 epochs: the 2 jobs of this fused group", " ".join(out.split()))
     assert stopped, out[-2000:]

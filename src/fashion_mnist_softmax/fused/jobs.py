@@ -10,14 +10,17 @@ figures that every member shares) and its ``HParams``. What a lone run's callbac
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import gc
 import json
 import math
 import multiprocessing
-import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,14 +37,15 @@ from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.config.schema import DataConfig, ScratchSGDConfig, SGDConfig
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
+from fashion_mnist_softmax.fused.cores import usable_cores
 from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
 from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.models.classifier import Classifier
-from fashion_mnist_softmax.run import figures, loggers
+from fashion_mnist_softmax.run import loggers
 from fashion_mnist_softmax.run.checkpoints import save_weights
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
-from fashion_mnist_softmax.run.inspection import Figures, HParams, published
+from fashion_mnist_softmax.run.inspection import Figures, HParams, abandoned, published
 from fashion_mnist_softmax.run.metrics import (
     COMPLETED,
     CURVES,
@@ -240,11 +244,18 @@ class MemberOutputs(L.Callback):
         self._start, self._time, self._images = 0.0, None, 0
         self._confusion: torch.Tensor | None = None
         self._shown: list[tuple[torch.Tensor, ...]] = []
+        self._interrupted, self._previous_handler = False, None
 
     def _alive(self, module: FusedSoftmaxRegression, members: list[Member] | None = None) -> list[Member]:
         return [member for member in (self.members if members is None else members) if module.alive[member.k]]
 
+    def _note_interrupt(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+
     def on_train_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
+        # Ctrl-C stops the population between two steps, or once every member has its epoch's row and checkpoints
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
+            self._previous_handler = signal.signal(signal.SIGINT, self._note_interrupt)
         for member in self.members:  # as a lone run's trainer logs its model's hparams when fitting starts
             for logger in member.loggers:
                 logger.log_hyperparams(member.model_hparams())
@@ -260,6 +271,8 @@ class MemberOutputs(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression, outputs, batch, batch_idx) -> None:
         self._images += batch[1].shape[-1]
+        if self._interrupted and not trainer.is_last_batch:
+            raise KeyboardInterrupt
 
     def on_validation_epoch_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         if fit_validation(trainer):
@@ -310,6 +323,19 @@ class MemberOutputs(L.Callback):
                 f"{max(losses):.4f}, val acc {min(accs):.3f}-{max(accs):.3f}, {seconds:.2f} s",
                 flush=True,
             )
+        # the painters idle before the next epoch: OpenMP's threads, which spin while they wait for work, slow
+        # down many times over on cores that other processes use
+        published()
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    def teardown(self, trainer: L.Trainer, module: FusedSoftmaxRegression, stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_exception(self, trainer: L.Trainer, module: FusedSoftmaxRegression, exception: BaseException) -> None:
+        self.teardown(trainer, module, "fit")
 
     def on_fit_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         for member in self.drawn:  # a pruned member's curves too, as its lone run draws them when it stops
@@ -347,25 +373,38 @@ class MemberOutputs(L.Callback):
             member.figures.draw_tested(member.loggers, confusion[member.k], shown, trainer.global_step)
 
 
-def _painter(members: list[Member]) -> ProcessPoolExecutor | None:
-    """Processes that draw the members' figures while the population trains and tests, one a core up to ``PAINTERS``,
-    started now, while the data loads; None where no member draws, or on one core."""
+@contextlib.contextmanager
+def _painting(members: list[Member]) -> Iterator[None]:
+    """Processes that draw the members' figures while the population trains and tests, one a core up to
+    ``PAINTERS``, started now, while the data loads (none where no member draws, or on one core); stopped however
+    the group ends, with the figures of a group that failed left unlogged."""
     drawing = [member.figures for member in members if member.figures is not None]
-    n = min(PAINTERS, os.cpu_count() or 1)
-    if not drawing or n < 2:
-        return None
-    context = multiprocessing.get_context("spawn")  # this process's threads make a fork unsafe
-    painter = ProcessPoolExecutor(n, context, initializer=figures.start_painting)
-    for _ in range(n):
-        painter.submit(int)  # each process starts on a task
-    for drawer in drawing:
-        drawer.painter, drawer.in_flight = painter, n
-    return painter
+    n = min(PAINTERS, usable_cores())
+    painter = None
+    if drawing and n > 1:
+        painter = ProcessPoolExecutor(n, multiprocessing.get_context("spawn"))  # this process's threads: no fork
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # they start ignoring Ctrl-C,
+        try:  # which reaches the whole process group: this process says it stopped
+            for _ in range(n):
+                painter.submit(int)  # each process starts on a task
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        for drawer in drawing:
+            drawer.painter, drawer.in_flight = painter, n  # so that the population waits, and does not vie with them
+    try:
+        yield
+    finally:
+        abandoned()
+        if painter is not None:
+            painter.shutdown(cancel_futures=True)
 
 
 def _interrupted(members: list[Member], max_epochs: int) -> None:
     """Each member's ``metrics.json`` with the epochs it finished, its loggers ended, one line, and the summary."""
-    published()
+    with contextlib.suppress(Exception):  # a figure a stopped painter never drew
+        published()
     for member in members:
         status = PRUNED if member.pruned else INTERRUPTED
         metrics = run_metrics(
@@ -413,66 +452,64 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     figs: dict[str, Any] = {}  # drawn for the first member, redrawn in place for the others
     members = [Member(cfgs[i], k, models[cfgs[i]["impl"]["_target_"]], figs) for k, i in enumerate(order)]
     data = {k: v for k, v in base["data"].items() if k not in ("_target_", "shuffle_seed")}
-    painter = _painter(members)
-    datamodule = FusedDataModule(sorted({shuffle_seed(i) for i in order}), **data)
-    module = FusedSoftmaxRegression(
-        [cfgs[i]["seed"] for i in order],
-        [shuffle_seed(i) for i in order],
-        [cfgs[i]["optim"]["lr"] for i in order],
-        [cfgs[i]["optim"].get("momentum") or 0.0 for i in order],
-        [cfgs[i]["optim"].get("weight_decay") or 0.0 for i in order],
-        base.get("scheduler"),
-        [member.guard.losses.max_loss for member in members],
-        members[0].guard.losses.check_every,
-    )
-    datamodule.setup("fit")
-    outputs = MemberOutputs(members, datamodule.state_dict(), figs)
-    trainer_args = {k: v for k, v in base["trainer"].items() if k not in ("_target_", "default_root_dir")}
-    trainer = L.Trainer(
-        **trainer_args,
-        logger=False,
-        callbacks=[outputs],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=Path(base["paths"]["output_dir"]).parent,
-    )
-    try:
-        trainer.fit(module, datamodule=datamodule)
-        gc.collect()  # the training's cyclic garbage, freed before K members' test figures are drawn (tens of MB)
-        with torch.no_grad():  # each member tested with the checkpoint its test_ckpt names
-            for member in members:
-                if module.alive[member.k] and base["test_ckpt"] == "best" and member.best_state is not None:
-                    w, b = member.best_state
-                    module.W[:, member.k], module.b[member.k] = w.to(module.W.device), b.to(module.b.device)
-        trainer.test(module, datamodule=datamodule, verbose=False)
-    except SystemExit:  # Lightning's own exit after Ctrl-C
-        if trainer.interrupted:
-            _interrupted(members, trainer.max_epochs)
-        raise
-    test_loss, test_acc = module.epoch_metrics("test")
-    published()  # every member's figures, before its loggers are finalized
-    if painter is not None:
-        painter.shutdown()
-    for member, i in zip(members, order, strict=True):
-        if member.pruned:  # its search stopped it: untested
-            tested, test_ckpt, status = {}, None, PRUNED
-        elif not module.alive[member.k]:
-            loggers.finish(member.loggers, "failed")
-            results[i] = UserError(module.failures[member.k])
-            continue
-        else:
-            tested, status = {TEST_ACC: test_acc[member.k], TEST_LOSS: test_loss[member.k]}, COMPLETED
-            last = member.last_checkpoint.format_checkpoint_name({})
-            test_ckpt = member.best_path if base["test_ckpt"] == "best" else last
-            member.log(tested, trainer.global_step)
-        history = member.summary.history
-        metrics = run_metrics(member.model.name, member.cfg["seed"], tested, test_ckpt, member.cfg, history, status)
-        if member.hparams is not None and tested:
-            member.hparams.log_final(
-                member.loggers, member.model.name, tested, metrics[VAL_ACC_BEST], trainer.global_step
-            )
-        loggers.finish(member.loggers, "success")
-        write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
-        results[i] = objective(metrics)
-    return results
+    with _painting(members):
+        datamodule = FusedDataModule(sorted({shuffle_seed(i) for i in order}), **data)
+        module = FusedSoftmaxRegression(
+            [cfgs[i]["seed"] for i in order],
+            [shuffle_seed(i) for i in order],
+            [cfgs[i]["optim"]["lr"] for i in order],
+            [cfgs[i]["optim"].get("momentum") or 0.0 for i in order],
+            [cfgs[i]["optim"].get("weight_decay") or 0.0 for i in order],
+            base.get("scheduler"),
+            [member.guard.losses.max_loss for member in members],
+            members[0].guard.losses.check_every,
+        )
+        datamodule.setup("fit")
+        outputs = MemberOutputs(members, datamodule.state_dict(), figs)
+        trainer_args = {k: v for k, v in base["trainer"].items() if k not in ("_target_", "default_root_dir")}
+        trainer = L.Trainer(
+            **trainer_args,
+            logger=False,
+            callbacks=[outputs],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=Path(base["paths"]["output_dir"]).parent,
+        )
+        try:
+            trainer.fit(module, datamodule=datamodule)
+            gc.collect()  # the training's cyclic garbage, freed before K members' test figures are drawn (tens of MB)
+            with torch.no_grad():  # each member tested with the checkpoint its test_ckpt names
+                for member in members:
+                    if module.alive[member.k] and base["test_ckpt"] == "best" and member.best_state is not None:
+                        w, b = member.best_state
+                        module.W[:, member.k], module.b[member.k] = w.to(module.W.device), b.to(module.b.device)
+            trainer.test(module, datamodule=datamodule, verbose=False)
+        except SystemExit:  # Lightning's own exit after Ctrl-C
+            if trainer.interrupted:
+                _interrupted(members, trainer.max_epochs)
+            raise
+        test_loss, test_acc = module.epoch_metrics("test")
+        published()  # every member's figures, before its loggers are finalized
+        for member, i in zip(members, order, strict=True):
+            if member.pruned:  # its search stopped it: untested
+                tested, test_ckpt, status = {}, None, PRUNED
+            elif not module.alive[member.k]:
+                loggers.finish(member.loggers, "failed")
+                results[i] = UserError(module.failures[member.k])
+                continue
+            else:
+                tested, status = {TEST_ACC: test_acc[member.k], TEST_LOSS: test_loss[member.k]}, COMPLETED
+                last = member.last_checkpoint.format_checkpoint_name({})
+                test_ckpt = member.best_path if base["test_ckpt"] == "best" else last
+                member.log(tested, trainer.global_step)
+            history = member.summary.history
+            metrics = run_metrics(member.model.name, member.cfg["seed"], tested, test_ckpt, member.cfg, history, status)
+            if member.hparams is not None and tested:
+                member.hparams.log_final(
+                    member.loggers, member.model.name, tested, metrics[VAL_ACC_BEST], trainer.global_step
+                )
+            loggers.finish(member.loggers, "success")
+            write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
+            results[i] = objective(metrics)
+        return results

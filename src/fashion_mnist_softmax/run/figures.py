@@ -6,7 +6,6 @@ is kept of a figure between its drawings goes with it. Without torch, a process 
 
 from __future__ import annotations
 
-import signal
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -200,11 +199,6 @@ def render(fig: Figure) -> np.ndarray:
 
 FIGURES = {WEIGHTS: weights_figure, CURVES: curves_figure, CONFUSION: confusion_figure, PREDICTIONS: predictions_figure}
 _drawn_here: dict[str, Figure] = {}  # a drawing process's figures, each redrawn in place
-
-
-def start_painting() -> None:
-    """A process that draws for another one leaves Ctrl-C, which reaches the whole process group, to that one."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def drawn(name: str, *data: Any, figs: dict[str, Figure] | None = None) -> np.ndarray:

@@ -6,6 +6,8 @@ call them with the trainer's values, and a fused sweep calls them for each of it
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import io
 import math
@@ -59,8 +61,14 @@ def published(keep: int = 0) -> None:
     """Log each figure handed to :meth:`Figures.publish`, in order, once its PNG is saved, until ``keep`` are left;
     raise what stopped one."""
     while len(_unlogged) > keep:
-        saved, log = _unlogged.pop(0)
+        saved, log = _unlogged[0]
         log(*saved.result())
+        _unlogged.pop(0)
+
+
+def abandoned() -> None:
+    """Forget the figures not yet logged: their run failed, and its loggers will not be finalized."""
+    _unlogged.clear()
 
 
 class Figures(L.Callback):
@@ -118,7 +126,8 @@ class Figures(L.Callback):
         if self.painter is None:
             image = figures.drawn(name, *data, figs=self.figs)
         else:
-            image = self.painter.submit(figures.drawn, name, *data)
+            # pickled later, on the pool's own thread: a view of the population's weights would change meanwhile
+            image = self.painter.submit(figures.drawn, name, *copy.deepcopy(data))
         self.publish(loggers, name, image, step)
 
     def draw_samples(self, loggers: Sequence[Logger], dataset: Any) -> None:
@@ -182,7 +191,8 @@ class Figures(L.Callback):
         published()  # before Lightning finalizes the loggers
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        published()
+        with contextlib.suppress(Exception):  # the run's own error is the one to report
+            published()
 
 
 class HParams(L.Callback):

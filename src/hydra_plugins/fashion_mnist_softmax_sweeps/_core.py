@@ -13,7 +13,6 @@ import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
-import os
 import pickle
 import sys
 import threading
@@ -30,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.fused.cores import usable_cores
 from fashion_mnist_softmax.run.failures import job_failed
 
 from .fused_launcher import FusedLauncher
@@ -219,8 +219,7 @@ def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]
     if "torch" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
         outcomes = [_share(launcher, numbered)]
         return lambda: _in_order(outcomes)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n = min(cores, len(numbered))
+    n = min(usable_cores(), len(numbered))
     context = multiprocessing.get_context("fork")
     composed = (context.Barrier(n), context.Event())
     pipes, workers = [], []
@@ -236,14 +235,17 @@ def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]
         barrier and stops the sweep."""
         outcomes: dict[int, Any] = {}
         while len(outcomes) < n:
-            ready = multiprocessing.connection.wait([*pipes, *(worker.sentinel for worker in workers)])
-            for i, (pipe, worker) in enumerate(zip(pipes, workers, strict=True)):
-                if i not in outcomes and (pipe in ready or worker.sentinel in ready):
+            waiting = [i for i in range(n) if i not in outcomes]
+            ready = multiprocessing.connection.wait([x for i in waiting for x in (pipes[i], workers[i].sentinel)])
+            for i in waiting:
+                if pipes[i] in ready or workers[i].sentinel in ready:
                     try:
-                        outcomes[i] = pipe.recv()
+                        outcomes[i] = pipes[i].recv()
                     except EOFError:  # it died before it sent its outcome
                         composed[0].abort()
-                        outcomes[i] = (numbered[i][0], _died([idx for idx, _ in numbered[i::n]], worker.exitcode))
+                        workers[i].join()
+                        died = _died([idx for idx, _ in numbered[i::n]], workers[i].exitcode)
+                        outcomes[i] = (numbered[i][0], died)
         for worker in workers:
             worker.join()
         return _in_order(list(outcomes.values()))
