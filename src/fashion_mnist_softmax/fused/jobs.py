@@ -41,7 +41,6 @@ from fashion_mnist_softmax.fused.cores import usable_cores
 from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
 from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.models.classifier import Classifier
-from fashion_mnist_softmax.run import loggers
 from fashion_mnist_softmax.run.checkpoints import save_weights
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
@@ -63,7 +62,7 @@ from fashion_mnist_softmax.run.metrics import (
     WEIGHTS,
 )
 from fashion_mnist_softmax.run.progress import ParameterSummary
-from fashion_mnist_softmax.run.training import instantiate_all, sweep_stopped
+from fashion_mnist_softmax.run.training import finish_loggers, instantiate_all, sweep_stopped
 from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
 from fashion_mnist_softmax.sweeps.trials import objective
 
@@ -411,7 +410,7 @@ def _interrupted(members: list[Member], max_epochs: int) -> None:
             member.model.name, member.cfg["seed"], {}, None, member.cfg, member.summary.history, status
         )
         write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
-        loggers.finish(member.loggers, "failed")
+        finish_loggers(member.loggers, "failed")
     print(
         console.paragraph(
             f"Interrupted after {len(members[0].summary.history)} of {max_epochs} epochs: the {len(members)} jobs of "
@@ -495,7 +494,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
             if member.pruned:  # its search stopped it: untested
                 tested, test_ckpt, status = {}, None, PRUNED
             elif not module.alive[member.k]:
-                loggers.finish(member.loggers, "failed")
+                finish_loggers(member.loggers, "failed")
                 results[i] = UserError(module.failures[member.k])
                 continue
             else:
@@ -509,7 +508,7 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
                 member.hparams.log_final(
                     member.loggers, member.model.name, tested, metrics[VAL_ACC_BEST], trainer.global_step
                 )
-            loggers.finish(member.loggers, "success")
+            finish_loggers(member.loggers, "success")
             write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
             results[i] = objective(metrics)
         return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,14 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_mnist_softmax import console
 from fashion_mnist_softmax.console import paragraph
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
-from fashion_mnist_softmax.run import distributed, loggers
+from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
 from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command
@@ -29,6 +31,15 @@ from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, write_summary
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a dict-shaped config group (``callbacks``, ``logger``)."""
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+
+
+def finish_loggers(loggers: Sequence[Logger], status: str) -> None:
+    """Each logger writes what it holds (``status``: "success" or "failed"), and a W&B run ends: its process would
+    end it at exit, but one process may hold several runs (a fused sweep's members, a notebook's runs)."""
+    for logger in loggers:
+        logger.finalize(status)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -119,7 +130,7 @@ def sweep_stopped(where: str) -> None:
 def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     """End the run's loggers and write its ``metrics.json`` (on rank 0); return the metrics."""
     if trainer.is_global_zero:
-        loggers.finish(trainer.loggers, "success")
+        finish_loggers(trainer.loggers, "success")
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         print(f"metrics: {run_dir / METRICS_FILE}\ncheckpoints: {run_dir / 'checkpoints'}")
     return metrics
