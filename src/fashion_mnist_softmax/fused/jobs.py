@@ -42,7 +42,7 @@ from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmax
 from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.models.classifier import Classifier
 from fashion_mnist_softmax.run.checkpoints import save_weights
-from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
+from fashion_mnist_softmax.run.guards import HeldInterrupt, SaveOnInterrupt, StopOnDivergedLoss
 from fashion_mnist_softmax.run.history import EpochSummary, fit_validation, run_metrics
 from fashion_mnist_softmax.run.inspection import Figures, HParams, abandoned, published
 from fashion_mnist_softmax.run.metrics import (
@@ -78,7 +78,7 @@ MEMBER_KEYS = (
     "trial",
 )
 SGDS = (SGDConfig._target_, ScratchSGDConfig._target_)
-PAINTERS = 4  # processes drawing figures at most: each holds matplotlib and its figures, about 100 MB
+PAINTERS = 4  # processes drawing figures at most: each holds matplotlib and its figures, about 110 MB
 FUSED_SGD_KEYS = ("_target_", "lr", "momentum", "weight_decay")  # the options the fused SGD applies per member
 # torch.optim.SGD's other options at their defaults, which take the fused SGD's steps; any other value does not
 SGD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SGDConfig) if f.name not in FUSED_SGD_KEYS}
@@ -233,28 +233,24 @@ class Member:
             logger.log_metrics(metrics, step)
 
 
-class MemberOutputs(L.Callback):
+class MemberOutputs(HeldInterrupt):
     """Hands each member's share of the population's values to its callbacks and loggers, every epoch and after
     testing, as a lone run's Lightning hooks hand them theirs."""
 
     def __init__(self, members: list[Member], data_state: Any, figs: dict[str, Any]) -> None:
+        super().__init__()
         self.members, self.data_state, self.figs = members, data_state, figs
         self.drawn = [member for member in members if member.figures is not None]
         self._start, self._time, self._images = 0.0, None, 0
         self._confusion: torch.Tensor | None = None
         self._shown: list[tuple[torch.Tensor, ...]] = []
-        self._interrupted, self._previous_handler = False, None
 
     def _alive(self, module: FusedSoftmaxRegression, members: list[Member] | None = None) -> list[Member]:
         return [member for member in (self.members if members is None else members) if module.alive[member.k]]
 
-    def _note_interrupt(self, signum: int, frame: Any) -> None:
-        self._interrupted = True
-
     def on_train_start(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         # Ctrl-C stops the population between two steps, or once every member has its epoch's row and checkpoints
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
-            self._previous_handler = signal.signal(signal.SIGINT, self._note_interrupt)
+        super().on_train_start(trainer, module)
         for member in self.members:  # as a lone run's trainer logs its model's hparams when fitting starts
             for logger in member.loggers:
                 logger.log_hyperparams(member.model_hparams())
@@ -327,11 +323,6 @@ class MemberOutputs(L.Callback):
         published()
         if self._interrupted:
             raise KeyboardInterrupt
-
-    def teardown(self, trainer: L.Trainer, module: FusedSoftmaxRegression, stage: str) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
 
     def on_exception(self, trainer: L.Trainer, module: FusedSoftmaxRegression, exception: BaseException) -> None:
         self.teardown(trainer, module, "fit")

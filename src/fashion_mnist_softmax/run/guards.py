@@ -69,7 +69,28 @@ class StopOnDivergedLoss(L.Callback):
             raise UserError(DivergedLoss.message(self.losses.max_loss, epoch, batch_idx + 1 - back, loss, lr))
 
 
-class SaveOnInterrupt(L.Callback):
+class HeldInterrupt(L.Callback):
+    """Notes Ctrl-C (SIGINT) while fitting, for the run to stop where its state is whole, instead of where the
+    signal lands; the handler before it comes back at the fit's end."""
+
+    def __init__(self) -> None:
+        self._interrupted = False
+        self._previous_handler: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
+            self._previous_handler = signal.signal(signal.SIGINT, self._note_interrupt)
+
+    def _note_interrupt(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+
+class SaveOnInterrupt(HeldInterrupt):
     """On Ctrl-C (SIGINT) or SIGTERM, save ``last.ckpt`` between two training steps, then stop.
 
     Lightning stops at a step's end on SIGTERM; SIGINT is made to do the same, so that the checkpoint
@@ -80,17 +101,9 @@ class SaveOnInterrupt(L.Callback):
     """
 
     def __init__(self, dirpath: str | Path) -> None:
+        super().__init__()
         self.path = Path(dirpath) / "last.ckpt"
         self.saved = False  # by an interrupt: a Ctrl-C before training starts is Lightning's, and saves nothing
-        self._interrupted = False
-        self._previous_handler: Any = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
-            self._previous_handler = signal.signal(signal.SIGINT, self._note_interrupt)
-
-    def _note_interrupt(self, signum: int, frame: Any) -> None:
-        self._interrupted = True
 
     def _save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
@@ -114,11 +127,6 @@ class SaveOnInterrupt(L.Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             self._save(trainer)
             exception.code = 128 + signal.SIGTERM  # Lightning's own exit would read as success
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
 
 
 def resume_command(run_dir: Path, ckpt_path: Path) -> str:
