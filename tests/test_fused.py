@@ -284,6 +284,25 @@ def test_a_diverged_member_is_named_at_its_first_bad_batch_when_losses_are_read_
         assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_population_of_equal_blocks_takes_the_steps_that_a_product_per_shuffle_seed_takes():
+    """Every member training and as many for each shuffle seed: one batched product, whose losses, metrics and
+    gradients are those of one product per shuffle seed (the path of blocks of other sizes, or members that left)."""
+    torch.manual_seed(0)
+    images, labels = torch.rand(3, 32, 1, 28, 28), torch.randint(0, 10, (3, 32))
+    k = 6
+    results = []
+    for path in ("_batched", "_blockwise"):
+        module = FusedSoftmaxRegression(list(range(k)), [1, 1, 2, 2, 5, 5], [0.1] * k, [0.0] * k, [0.0] * k, None)
+        args = (images, labels) if path == "_batched" else (images, labels, [2, 2, 2])
+        losses = getattr(module, path)(*args)
+        losses.sum().backward()
+        results.append((losses, module.W.grad, module.b.grad, *module.epoch_metrics("train")))
+    (losses, *rest), (losses_w, *rest_w) = results
+    assert losses.shape == (k,) and losses.requires_grad
+    for ours, theirs in zip([losses, *rest], [losses_w, *rest_w], strict=True):
+        torch.testing.assert_close(torch.as_tensor(ours), torch.as_tensor(theirs))
+
+
 def test_devices_auto_fuses_on_one_gpu_and_runs_alone_on_several(tiny_cfg, monkeypatch):
     cfg = OmegaConf.to_container(tiny_cfg("trainer.devices=auto", "trainer.accelerator=auto"), resolve=True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -439,16 +458,25 @@ def test_a_job_that_cannot_be_composed_stops_a_fused_sweep_before_any_job_dir(fa
     assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
 
 
-def test_a_job_whose_config_does_not_resolve_runs_alone_and_fails_as_under_the_basic_launcher(fake_archives, tmp_path):
+@pytest.mark.parametrize(
+    ("override", "failed", "said"),
+    [("data.batch_size=${nope}", ["0", "1"], "nope"), ("optim.lr=0.1,-1", ["2", "3"], "optim.lr=-1 is not valid")],
+)
+def test_a_job_whose_config_does_not_resolve_or_is_refused_runs_alone_and_fails_as_under_the_basic_launcher(
+    fake_archives, tmp_path, override, failed, said
+):
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
     sweep = tmp_path / "sweep"
-    args = ["-m", *common, "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", "seed=1,2", "data.batch_size=${nope}"]
+    args = ["-m", *common, "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", override, "seed=1,2"]
     result = run_script("train.py", *args)
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "alone: its config does not resolve" in result.stdout + result.stderr
-    assert "2 of 2 jobs failed" in result.stderr
-    for job in ("0", "1"):
-        assert "nope" in (sweep / job / "error.txt").read_text()
+    assert "alone: its config does not resolve, or is refused" in result.stdout + result.stderr
+    jobs = 4 if "," in override else 2
+    assert f"{len(failed)} of {jobs} jobs failed" in result.stderr
+    for job in map(str, range(jobs)):
+        error = sweep / job / "error.txt"
+        assert error.exists() == (job in failed) and (job not in failed or said in error.read_text())
+        assert (sweep / job / "metrics.json").exists() == (job not in failed)
 
 
 def test_a_composition_worker_that_dies_stops_the_sweep_instead_of_leaving_the_others_waiting(tmp_path):

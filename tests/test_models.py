@@ -26,6 +26,10 @@ def test_softmax_and_cross_entropy_match_torch():
     logits, y = torch.randn(64, 10) * 5, torch.randint(0, 10, (64,))
     torch.testing.assert_close(softmax(logits), F.softmax(logits, dim=1))
     torch.testing.assert_close(cross_entropy(logits, y), F.cross_entropy(logits, y))
+    ours, theirs = (logits.clone().requires_grad_() for _ in range(2))
+    cross_entropy(ours, y).backward()
+    F.cross_entropy(theirs, y).backward()
+    torch.testing.assert_close(ours.grad, theirs.grad)  # the shift by the row maximum adds no gradient
 
 
 def test_accuracy_matches_torchmetrics():

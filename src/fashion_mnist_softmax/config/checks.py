@@ -196,7 +196,7 @@ def devices_asked(devices: Any) -> int | None:
     return int(devices)
 
 
-def _check_machine(trainer: DictConfig) -> None:
+def check_machine(trainer: DictConfig) -> None:
     """Refuse an accelerator this machine lacks, more GPUs than it has, and bf16 on a GPU without it."""
     asked = devices_asked(trainer.devices)
     import torch  # only once every check without it has passed
@@ -271,7 +271,6 @@ def _check_train(cfg: DictConfig) -> None:
     if cfg.ckpt_path:
         _given_checkpoint(cfg, resume_impl=cfg.impl._target_)
     writable(cfg.data.root, "The data folder (data.root)")
-    _check_machine(cfg.trainer)
 
 
 def _check_eval(cfg: DictConfig) -> None:
@@ -285,7 +284,6 @@ def _check_eval(cfg: DictConfig) -> None:
         )
     writable(cfg.data.root, "The data folder (data.root)")
     _given_checkpoint(cfg)
-    _check_machine(cfg.trainer)
 
 
 def _check_predict(cfg: DictConfig) -> None:
@@ -310,8 +308,11 @@ COMBINATIONS: dict[str, Callable[[DictConfig], None]] = {
 }
 
 
-def check_config(cfg: DictConfig, app: str) -> None:
-    """Refuse, as a :class:`UserError`, a config of ``app`` (train, eval or predict) that cannot run as asked."""
+def check_config(cfg: DictConfig, app: str, machine: bool = True) -> None:
+    """Refuse, as a :class:`UserError`, a config of ``app`` (train, eval or predict) that cannot run as asked;
+    ``machine=False`` leaves out :func:`check_machine`, the one check that imports torch."""
     checked = typed(cfg, app)
     _check_rules(checked, cfg)
     COMBINATIONS[app](checked)
+    if machine and app != "predict":
+        check_machine(checked.trainer)

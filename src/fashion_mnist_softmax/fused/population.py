@@ -71,8 +71,13 @@ class FusedSGD(SGD):
         weight_decay: torch.Tensor,
     ) -> None:
         super().__init__(params, lr=1.0)
+
+        def each(values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | float:
+            # one number where every member has the same: momentum or weight decay 0 then costs nothing
+            return float(values[0]) if bool((values == values[0]).all()) else values.view(shape)
+
         self.member = {
-            p: (lr.view(s), momentum.view(s), weight_decay.view(s)) for p, s in zip(params, shapes, strict=True)
+            p: (each(lr, s), each(momentum, s), each(weight_decay, s)) for p, s in zip(params, shapes, strict=True)
         }
 
     def hyperparameters(self, group: dict[str, Any], p: torch.nn.Parameter) -> tuple[Any, Any, Any]:
@@ -130,7 +135,7 @@ class FusedSoftmaxRegression(L.LightningModule):
     ) -> None:
         """Add a batch's mean losses and correct predictions of ``members`` (all, a slice or an index tensor) to the
         stage's sums."""
-        correct, n = (logits.argmax(-1) == y.view(-1, 1)).sum(0), len(y)
+        correct, n = (logits.argmax(-1) == y.unsqueeze(-1)).sum(0).reshape(-1), len(y)
         k = self.W.shape[1]
         sums = self.sums.setdefault(stage, torch.zeros(3, k, dtype=torch.float64, device=self.device))
         sums[0, members] += losses.detach().double() * n
@@ -144,7 +149,29 @@ class FusedSoftmaxRegression(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        sizes = [c - a for a, c in self.ranges]  # one split, not a slice per seed: its backward is one concatenation
+        sizes = [c - a for a, c in self.ranges]
+        if self.kept or len(set(sizes)) > 1:
+            losses = self._blockwise(images, labels, sizes)
+        else:
+            losses = self._batched(images, labels)
+        self._fail_diverged(losses, batch_idx)
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:  # read at the epoch's end: no host sync per step
+            self.step_losses.append((self.global_step, losses.detach()))
+        return torch.where(self.alive_mask, losses, torch.zeros_like(losses)).sum()
+
+    def _batched(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each member's loss where every member trains, as many for each shuffle seed: one batched product."""
+        s = len(self.ranges)
+        x, W = images.reshape(s, labels.shape[1], -1), self.W.view(784, s, -1).transpose(0, 1)
+        logits = torch.baddbmm(self.b.view(s, 1, -1), x, W).view(s, labels.shape[1], -1, 10).transpose(0, 1)
+        losses = cross_entropy(logits, labels.T).reshape(-1)  # logits (B, S, n, 10): S shuffle seeds of n members
+        self._add("train", losses, logits, labels.T)
+        return losses
+
+    def _blockwise(self, images: torch.Tensor, labels: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """Each member's loss, a product per shuffle seed, for the members still training."""
+        # one split, not a slice per seed: its backward is one concatenation
         losses = []
         blocks = zip(self.W.split(sizes, dim=1), self.b.split(sizes), self.ranges, strict=True)
         for s, (W, b, (a, c)) in enumerate(blocks):
@@ -161,12 +188,7 @@ class FusedSoftmaxRegression(L.LightningModule):
                     loss = loss.index_put((kept,), kept_loss)
                     self._add("train", kept_loss, logits, labels[s], kept + a)
             losses.append(loss)
-        losses = torch.cat(losses)
-        self._fail_diverged(losses, batch_idx)
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0:  # read at the epoch's end: no host sync per step
-            self.step_losses.append((self.global_step, losses.detach()))
-        return torch.where(self.alive_mask, losses, torch.zeros_like(losses)).sum()
+        return torch.cat(losses)
 
     def on_train_epoch_start(self) -> None:
         self.diverged.pending = []

@@ -22,17 +22,23 @@ def softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def log_sum_exp(logits: torch.Tensor) -> torch.Tensor:
-    """log sum_i exp(o_i) over the classes (the last dim), without overflow."""
-    top = logits.max(dim=-1, keepdim=True).values
+    """log sum_i exp(o_i) over the classes (the last dim), without overflow.
+
+    The shift is a constant for autograd: its gradient cancels (the result's gradient is softmax(o) either way),
+    so backward need not route it through the max.
+    """
+    top = logits.max(dim=-1, keepdim=True).values.detach()
     return top.squeeze(-1) + (logits - top).exp().sum(dim=-1).log()
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean of -log softmax(o)_y over the batch, as log-sum-exp(o) minus the true class's logit.
 
-    Logits of shape (B, K, 10), K models side by side as in a fused sweep, give each model's loss, (K,).
+    Logits of shape (B, K, 10), K models side by side as in a fused sweep, give each model's loss, (K,); the
+    labels are (B,), or (B, S) for logits (B, S, K, 10) whose S groups of models each see batches of their own.
     """
-    true = logits.gather(-1, y.view(-1, *[1] * (logits.dim() - 1)).expand(*logits.shape[:-1], 1)).squeeze(-1)
+    y = y.reshape(*y.shape, *[1] * (logits.dim() - y.dim())).expand(*logits.shape[:-1], 1)
+    true = logits.gather(-1, y).squeeze(-1)
     return (log_sum_exp(logits) - true).mean(dim=0)
 
 

@@ -27,6 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused.cores import usable_cores
@@ -35,7 +36,7 @@ from fashion_mnist_softmax.run.failures import job_failed
 from .fused_launcher import FusedLauncher
 
 log = logging.getLogger(__name__)
-UNRESOLVED = "its config does not resolve"
+UNRESOLVED = "its config does not resolve, or is refused"
 WRITTEN = ("callbacks", "logger")  # what groups jobs as written: ${optim.lr} in them is one value for every member
 
 
@@ -51,8 +52,9 @@ class _NoCallbacks:
 
 @dataclasses.dataclass
 class _Job:
-    """A job: its config with the hydra node (as Hydra's callbacks take it), its return, its task config resolved,
-    and its callbacks and loggers as written (their interpolations unresolved)."""
+    """A job: its config with the hydra node (as Hydra's callbacks take it), its return, its task config resolved
+    and checked (None where it does not resolve, or is refused), and its callbacks and loggers as written (their
+    interpolations unresolved)."""
 
     config: DictConfig
     ret: JobReturn
@@ -83,10 +85,12 @@ def _prepare(launcher: FusedLauncher, config: DictConfig) -> _Job:
 
     def keep(cfg: DictConfig) -> None:
         written = {key: OmegaConf.to_container(cfg[key]) for key in WRITTEN if isinstance(cfg.get(key), DictConfig)}
-        task.extend([OmegaConf.to_container(cfg, resolve=True), written])
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        check_config(cfg, "train", machine=False)  # the machine, once for each group
+        task.extend([resolved, written])
 
     ret = _run_job(config, keep, dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks()))
-    if ret.status == JobStatus.FAILED:  # its config does not resolve: it runs alone and fails as it would alone
+    if ret.status == JobStatus.FAILED:  # it does not resolve, or is refused: it runs alone, and fails as it would
         ret.return_value = None
         return _Job(config, ret, None, {})
     return _Job(config, ret, *task)
