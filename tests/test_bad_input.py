@@ -71,6 +71,7 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_
         ("data.batch_size=1.5", "data.batch_size=1.5 is not valid: it must be a whole number of at least 1"),
         ("optim=adam +optim.momentum=0.9", "optim (torch.optim.Adam) takes lr, betas, eps, weight_decay"),
         ("-m +optim.lrr=0.1 seed=1,2", "optim.lrr is not a setting of this run: did you mean optim.lr?"),
+        ("data.batch_size=${nope}", "data.batch_size does not resolve: Interpolation key 'nope' not found"),
     ],
 )
 def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(tmp_path, override, phrase):

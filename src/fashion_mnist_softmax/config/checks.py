@@ -2,7 +2,8 @@
 
 :func:`check_config` is the one check. A single run calls it from a Hydra callback before Hydra writes
 anything (:mod:`fashion_mnist_softmax.run.run_dirs`); each job of a multirun at its start; the fused
-launcher for each of its members. Past it, ``train()``, ``evaluate()`` and ``predict()`` trust the config.
+launcher each job as it composes it, and the machine once for each group. Past it, ``train()``, ``evaluate()``
+and ``predict()`` trust the config.
 torch is imported only to read a checkpoint the config names and, once every other check has passed, to see the
 machine's devices, so that a mistake is reported within a second.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
 
 from fashion_mnist_softmax.config.schema import APPS, TARGETS, ScratchSGDConfig
 from fashion_mnist_softmax.data.images import image_files
@@ -311,8 +312,11 @@ COMBINATIONS: dict[str, Callable[[DictConfig], None]] = {
 def check_config(cfg: DictConfig, app: str, machine: bool = True) -> None:
     """Refuse, as a :class:`UserError`, a config of ``app`` (train, eval or predict) that cannot run as asked;
     ``machine=False`` leaves out :func:`check_machine`, the one check that imports torch."""
-    checked = typed(cfg, app)
-    _check_rules(checked, cfg)
-    COMBINATIONS[app](checked)
+    try:
+        checked = typed(cfg, app)
+        _check_rules(checked, cfg)
+        COMBINATIONS[app](checked)
+    except InterpolationResolutionError as e:  # a ${...} of the command line's that names nothing
+        raise UserError(f"{e.full_key} does not resolve: {e.msg}. Fix it on the command line.") from None
     if machine and app != "predict":
         check_machine(checked.trainer)

@@ -17,7 +17,7 @@ from fashion_mnist_softmax.models.classifier import Classifier
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
     """Row-wise exp(o_j) / sum_i exp(o_i), computed on logits shifted by their row maximum."""
-    exp = (logits - logits.max(dim=1, keepdim=True).values).exp()
+    exp = (logits - logits.amax(dim=1, keepdim=True)).exp()
     return exp / exp.sum(dim=1, keepdim=True)
 
 
@@ -27,7 +27,7 @@ def log_sum_exp(logits: torch.Tensor) -> torch.Tensor:
     The shift is a constant for autograd: its gradient cancels (the result's gradient is softmax(o) either way),
     so backward need not route it through the max.
     """
-    top = logits.max(dim=-1, keepdim=True).values.detach()
+    top = logits.detach().amax(dim=-1, keepdim=True)
     return top.squeeze(-1) + (logits - top).exp().sum(dim=-1).log()
 
 

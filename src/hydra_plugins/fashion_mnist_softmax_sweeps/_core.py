@@ -13,6 +13,7 @@ import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import sys
 import threading
@@ -209,6 +210,8 @@ def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], c
 
 
 def _worker(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], composed: Any, pipe: Any) -> None:
+    # on a core they share, the workers yield to the launcher's import of torch and Lightning, which every group needs
+    os.nice(10)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the process group: the launcher says it stopped
         pipe.send(_share(launcher, numbered, composed))
 
