@@ -122,6 +122,17 @@ def test_eval_of_a_fused_checkpoint_gives_its_jobs_test_accuracy(fused, compose_
         assert evaluated["impl"] == metrics["impl"]
         assert evaluated[TEST_ACC] == pytest.approx(metrics[TEST_ACC], abs=1e-6)
         assert evaluated[TEST_LOSS] == pytest.approx(metrics[TEST_LOSS], abs=1e-5)
+    # eval.py's jobs under the fused launcher: each evaluates alone, as under the basic launcher
+    ckpts = ",".join(read_metrics(sweep_dir / job)["test_ckpt"] for job in ("0", "31"))
+    sweep = tmp_path / "eval_sweep"
+    data = [o for o in common if o.startswith("data.")]
+    result = run_script(
+        "eval.py", "-m", "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", f"ckpt_path={ckpts}", *data
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "job 0 alone: eval.py does not train; job 1 alone: eval.py does not train" in result.stdout
+    for job, fused_job in (("0", "0"), ("1", "31")):
+        assert read_metrics(sweep / job)[TEST_ACC] == pytest.approx(read_metrics(sweep_dir / fused_job)[TEST_ACC])
 
 
 def test_a_diverging_member_fails_alone(fake_archives, tmp_path):

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.config.schema import APPS
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused.cores import usable_cores
@@ -87,7 +88,8 @@ def _prepare(launcher: FusedLauncher, config: DictConfig) -> _Job:
     def keep(cfg: DictConfig) -> None:
         written = {key: OmegaConf.to_container(cfg[key]) for key in WRITTEN if isinstance(cfg.get(key), DictConfig)}
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        check_config(cfg, "train", machine=False)  # the machine, once for each group
+        if (app := config.hydra.job.config_name) in APPS:
+            check_config(cfg, app, machine=False)  # the machine, once for each group
         task.extend([resolved, written])
 
     ret = _run_job(config, keep, dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks()))
@@ -298,7 +300,12 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
         groups: dict[str, list[_Job]] = {}
         alone: dict[int, str] = {}
         for job in jobs:
-            reason = UNRESOLVED if job.resolved is None else why_not_fused(job.resolved)
+            if job.resolved is None:
+                reason = UNRESOLVED
+            elif (app := job.config.hydra.job.config_name) != "train":
+                reason = f"{app}.py does not train"
+            else:
+                reason = why_not_fused(job.resolved)
             if reason is None:
                 groups.setdefault(group_key(job.resolved, job.written), []).append(job)
             else:
