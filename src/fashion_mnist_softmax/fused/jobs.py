@@ -426,9 +426,8 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
     def shuffle_seed(i: int) -> int:
         return cfgs[i]["data"]["shuffle_seed"]
 
-    order = sorted(
-        range(len(cfgs)), key=lambda i: (shuffle_seed(i), cfgs[i]["seed"])
-    )  # members that share batches side by side
+    # members that share batches side by side
+    order = sorted(range(len(cfgs)), key=lambda i: (shuffle_seed(i), cfgs[i]["seed"]))
     base = cfgs[order[0]]
     models = {}  # one per impl, shared by its members: a model with its metrics is larger than its weights
     for impl in (cfgs[i]["impl"] for i in order):

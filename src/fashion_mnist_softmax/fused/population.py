@@ -3,7 +3,8 @@
 A softmax regression has 7,850 parameters: a lone job's time goes to fixed costs (Lightning's loop, Python,
 set-up), not arithmetic. Side by side, the members' weights form one (784, K, 10) tensor: the members that
 share a shuffle seed see the same minibatches (each member draws its init and its shuffle exactly as its lone
-run does), so their forward pass is one (B, 784) x (784, K_shuffle * 10) product. The update is the chapter's SGD
+run does), so their forward pass is one (B, 784) x (784, K_shuffle * 10) product, and the S shuffle seeds' products
+one batched product where each has as many members. The update is the chapter's SGD
 with each member's own lr, momentum and weight decay; a member whose loss diverges fails alone.
 ``fused.jobs`` turns the population back into jobs, each with the outputs of a lone run.
 """
