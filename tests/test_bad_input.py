@@ -71,7 +71,8 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_
         ("data.batch_size=1.5", "data.batch_size=1.5 is not valid: it must be a whole number of at least 1"),
         ("optim=adam +optim.momentum=0.9", "optim (torch.optim.Adam) takes lr, betas, eps, weight_decay"),
         ("-m +optim.lrr=0.1 seed=1,2", "optim.lrr is not a setting of this run: did you mean optim.lr?"),
-        ("data.batch_size=${nope}", "data.batch_size does not resolve: Interpolation key 'nope' not found"),
+        ("data.batch_size=${nope}", "data.batch_size does not resolve: Interpolation key 'nope' not found. Fix it"),
+        ("trainer.devices=${nope}", "trainer.devices does not resolve: Interpolation key 'nope' not found. Fix it"),
     ],
 )
 def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(tmp_path, override, phrase):
@@ -80,6 +81,7 @@ def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(
     assert result.returncode == 2 and result.stdout == ""
     assert_clear_failure(result, phrase)
     assert result.stderr.strip().startswith("Error: ") and "HYDRA_FULL_ERROR" not in result.stderr
+    assert "full_key" not in result.stderr  # OmegaConf's own lines on the node
     assert not logs.exists(), "a run dir was made for a config that cannot run"
 
 

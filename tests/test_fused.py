@@ -26,6 +26,8 @@ from omegaconf.errors import InterpolationKeyError
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.fused import jobs as fused_jobs
 from fashion_mnist_softmax.fused.jobs import why_not_fused
 from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
 from fashion_mnist_softmax.run.evaluation import evaluate
@@ -130,7 +132,7 @@ def test_eval_of_a_fused_checkpoint_gives_its_jobs_test_accuracy(fused, compose_
         "eval.py", "-m", "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", f"ckpt_path={ckpts}", *data
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "job 0 alone: eval.py does not train; job 1 alone: eval.py does not train" in result.stdout
+    assert "job 0 alone: not a job of train.py; job 1 alone: not a job of train.py" in result.stdout
     for job, fused_job in (("0", "0"), ("1", "31")):
         assert read_metrics(sweep / job)[TEST_ACC] == pytest.approx(read_metrics(sweep_dir / fused_job)[TEST_ACC])
 
@@ -304,14 +306,25 @@ def test_a_population_of_equal_blocks_takes_the_steps_that_a_product_per_shuffle
     results = []
     for path in ("_batched", "_blockwise"):
         module = FusedSoftmaxRegression(list(range(k)), [1, 1, 2, 2, 5, 5], [0.1] * k, [0.0] * k, [0.0] * k, None)
-        args = (images, labels) if path == "_batched" else (images, labels, [2, 2, 2])
-        losses = getattr(module, path)(*args)
+        losses = getattr(module, path)(images, labels)
         losses.sum().backward()
         results.append((losses, module.W.grad, module.b.grad, *module.epoch_metrics("train")))
     (losses, *rest), (losses_w, *rest_w) = results
     assert losses.shape == (k,) and losses.requires_grad
     for ours, theirs in zip([losses, *rest], [losses_w, *rest_w], strict=True):
         torch.testing.assert_close(torch.as_tensor(ours), torch.as_tensor(theirs))
+
+
+def test_a_machine_without_the_devices_a_group_asks_for_fails_each_of_its_jobs(tiny_cfg, monkeypatch):
+    """Each member's config was checked as it was composed; the machine, once for the group."""
+    refused = UserError("trainer.accelerator=gpu asks for a device this machine does not have")
+
+    def no_gpu(trainer):
+        raise refused
+
+    monkeypatch.setattr(fused_jobs, "check_machine", no_gpu)
+    cfgs = [OmegaConf.to_container(tiny_cfg(f"seed={seed}"), resolve=True) for seed in (1, 2)]
+    assert fused_jobs.train_group(cfgs) == [refused, refused]
 
 
 def test_devices_auto_fuses_on_one_gpu_and_runs_alone_on_several(tiny_cfg, monkeypatch):

@@ -311,12 +311,13 @@ COMBINATIONS: dict[str, Callable[[DictConfig], None]] = {
 
 def check_config(cfg: DictConfig, app: str, machine: bool = True) -> None:
     """Refuse, as a :class:`UserError`, a config of ``app`` (train, eval or predict) that cannot run as asked;
-    ``machine=False`` leaves out :func:`check_machine`, the one check that imports torch."""
+    ``machine=False`` leaves out :func:`check_machine`, the check of this machine's devices."""
     try:
         checked = typed(cfg, app)
         _check_rules(checked, cfg)
         COMBINATIONS[app](checked)
-    except InterpolationResolutionError as e:  # a ${...} of the command line's that names nothing
-        raise UserError(f"{e.full_key} does not resolve: {e.msg}. Fix it on the command line.") from None
-    if machine and app != "predict":
-        check_machine(checked.trainer)
+        if machine and app != "predict":
+            check_machine(checked.trainer)
+    except InterpolationResolutionError as e:  # a ${...} of the command line's that names nothing, or a wrong type
+        reason = str(e.msg).split("\n", 1)[0]  # without OmegaConf's lines on the node
+        raise UserError(f"{e.full_key} does not resolve: {reason}. Fix it on the command line.") from None

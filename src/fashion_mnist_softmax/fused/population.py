@@ -4,7 +4,7 @@ A softmax regression has 7,850 parameters: a lone job's time goes to fixed costs
 set-up), not arithmetic. Side by side, the members' weights form one (784, K, 10) tensor: the members that
 share a shuffle seed see the same minibatches (each member draws its init and its shuffle exactly as its lone
 run does), so their forward pass is one (B, 784) x (784, K_shuffle * 10) product, and the S shuffle seeds' products
-one batched product where each has as many members. The update is the chapter's SGD
+one batched product while every member trains and each seed has as many. The update is the chapter's SGD
 with each member's own lr, momentum and weight decay; a member whose loss diverges fails alone.
 ``fused.jobs`` turns the population back into jobs, each with the outputs of a lone run.
 """
@@ -57,7 +57,7 @@ class FusedDataModule(FashionMNISTDataModule):
 
 class FusedSGD(SGD):
     """The chapter's SGD, each member with its own lr, momentum and weight decay: tensors that broadcast over the
-    members.
+    members, or one number where every member has the same.
 
     ``lr`` of the param group is a factor, 1 at the start, that a learning-rate scheduler changes for every
     member alike; a member's step is ``lr * member_lr``.
@@ -116,6 +116,7 @@ class FusedSoftmaxRegression(L.LightningModule):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
         # the members a..c of each shuffle seed: one batch and one matrix product each step
         self.ranges = [(shuffle_seeds.index(s), k - shuffle_seeds[::-1].index(s)) for s in sorted(set(shuffle_seeds))]
+        self.sizes = [c - a for a, c in self.ranges]
         self.scheduler = scheduler
         self.diverged = DivergedLoss(torch.tensor(max_loss).expand(k), check_every)  # each member's own max_loss
         self.alive = torch.ones(k, dtype=torch.bool)
@@ -150,9 +151,8 @@ class FusedSoftmaxRegression(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        sizes = [c - a for a, c in self.ranges]
-        if self.kept or len(set(sizes)) > 1:
-            losses = self._blockwise(images, labels, sizes)
+        if self.kept or len(set(self.sizes)) > 1:
+            losses = self._blockwise(images, labels)
         else:
             losses = self._batched(images, labels)
         self._fail_diverged(losses, batch_idx)
@@ -170,11 +170,11 @@ class FusedSoftmaxRegression(L.LightningModule):
         self._add("train", losses, logits, labels.T)
         return losses
 
-    def _blockwise(self, images: torch.Tensor, labels: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    def _blockwise(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each member's loss, a product per shuffle seed, for the members still training."""
         # one split, not a slice per seed: its backward is one concatenation
         losses = []
-        blocks = zip(self.W.split(sizes, dim=1), self.b.split(sizes), self.ranges, strict=True)
+        blocks = zip(self.W.split(self.sizes, dim=1), self.b.split(self.sizes), self.ranges, strict=True)
         for s, (W, b, (a, c)) in enumerate(blocks):
             kept = self.kept.get(s)
             if kept is None:

@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from fashion_mnist_softmax.config.checks import check_config
-from fashion_mnist_softmax.config.schema import APPS
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused.cores import usable_cores
@@ -88,15 +87,20 @@ def _prepare(launcher: FusedLauncher, config: DictConfig) -> _Job:
     def keep(cfg: DictConfig) -> None:
         written = {key: OmegaConf.to_container(cfg[key]) for key in WRITTEN if isinstance(cfg.get(key), DictConfig)}
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        if (app := config.hydra.job.config_name) in APPS:
-            check_config(cfg, app, machine=False)  # the machine, once for each group
+        if _trains(config):  # the others run alone, and check themselves as they start
+            check_config(cfg, "train", machine=False)  # the machine, once for each group
         task.extend([resolved, written])
 
     ret = _run_job(config, keep, dataclasses.replace(launcher.hydra_context, callbacks=_NoCallbacks()))
-    if ret.status == JobStatus.FAILED:  # it does not resolve, or is refused: it runs alone, and fails as it would
+    if ret.status == JobStatus.FAILED:  # it runs alone, and fails as it would
         ret.return_value = None
         return _Job(config, ret, None, {})
     return _Job(config, ret, *task)
+
+
+def _trains(config: DictConfig) -> bool:
+    """Whether the job is one of train.py's: only those fuse."""
+    return config.hydra.job.config_name == "train"
 
 
 def _hydra_logging(launcher: FusedLauncher) -> None:
@@ -213,7 +217,8 @@ def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], c
 
 def _worker(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], composed: Any, pipe: Any) -> None:
     # on a core they share, the workers yield to the launcher's import of torch and Lightning, which every group needs
-    os.nice(10)
+    with contextlib.suppress(OSError):
+        os.nice(10)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the process group: the launcher says it stopped
         pipe.send(_share(launcher, numbered, composed))
 
@@ -293,17 +298,18 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     # what is alive now (Hydra, torch, Lightning: hundreds of thousands of objects) outlives the launch: collected
     # once, it is left out of the collections until the launch ends, which then take milliseconds, not a tenth of a
     # second each
-    gc.collect()
-    gc.freeze()
+    frozen_before = gc.get_freeze_count()
     try:
+        gc.collect()
+        gc.freeze()
         jobs = wait_for_jobs()
         groups: dict[str, list[_Job]] = {}
         alone: dict[int, str] = {}
         for job in jobs:
-            if job.resolved is None:
+            if not _trains(job.config):
+                reason = "not a job of train.py"
+            elif job.resolved is None:
                 reason = UNRESOLVED
-            elif (app := job.config.hydra.job.config_name) != "train":
-                reason = f"{app}.py does not train"
             else:
                 reason = why_not_fused(job.resolved)
             if reason is None:
@@ -334,4 +340,5 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
         _hydra_logging(launcher)
         return [job.ret for job in jobs]
     finally:
-        gc.unfreeze()
+        if not frozen_before:  # what a caller froze stays so
+            gc.unfreeze()
