@@ -29,7 +29,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused import jobs as fused_jobs
 from fashion_mnist_softmax.fused.jobs import why_not_fused
-from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
+from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
 from fashion_mnist_softmax.run.evaluation import evaluate
 from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import (
@@ -313,6 +313,40 @@ def test_a_population_of_equal_blocks_takes_the_steps_that_a_product_per_shuffle
     assert losses.shape == (k,) and losses.requires_grad
     for ours, theirs in zip([losses, *rest], [losses_w, *rest_w], strict=True):
         torch.testing.assert_close(torch.as_tensor(ours), torch.as_tensor(theirs))
+
+
+def test_each_member_of_the_fused_sgd_takes_torchs_sgd_steps_with_options_shared_or_its_own():
+    """Options every member shares are numbers, the others tensors: either way each member's steps are
+    torch.optim.SGD's with its own options, under a scheduler's factor."""
+    shared = {"lr": [0.1, 0.1], "momentum": [0.5, 0.5], "weight_decay": [1e-3, 1e-3]}
+    own = {"lr": [0.1, 0.3], "momentum": [0.5, 0.9], "weight_decay": [1e-3, 0.0]}
+    for options in (shared, own):
+        torch.manual_seed(0)
+        W, b = torch.nn.Parameter(torch.randn(4, 2, 3)), torch.nn.Parameter(torch.randn(2, 3))
+        alone = [[torch.nn.Parameter(p[..., k, :].detach().clone())] for p in (W, b) for k in range(2)]
+        tensors = [torch.tensor(options[key]) for key in ("lr", "momentum", "weight_decay")]
+        fused = FusedSGD([W, b], [(1, -1, 1), (-1, 1)], *tensors)
+        references = [
+            torch.optim.SGD(params, **{key: options[key][k % 2] for key in options}) for k, params in enumerate(alone)
+        ]
+        for step in range(4):
+            if step == 2:  # a scheduler's factor, the same for every member
+                fused.param_groups[0]["lr"] = 0.5
+                for k, reference in enumerate(references):
+                    reference.param_groups[0]["lr"] = 0.5 * options["lr"][k % 2]
+            target = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(step))
+            for opt in (fused, *references):
+                opt.zero_grad()
+            ((W - target) ** 2).sum().backward()
+            (b**2).sum().backward()
+            for (p,), k in zip(alone, range(4), strict=True):
+                goal = target[:, k] if k < 2 else 0
+                ((p - goal) ** 2).sum().backward()
+            for opt in (fused, *references):
+                opt.step()
+        for k in range(2):
+            torch.testing.assert_close(W[:, k], alone[k][0])
+            torch.testing.assert_close(b[k], alone[2 + k][0])
 
 
 def test_a_machine_without_the_devices_a_group_asks_for_fails_each_of_its_jobs(tiny_cfg, monkeypatch):
