@@ -117,6 +117,7 @@ class FusedSoftmaxRegression(L.LightningModule):
         # the members a..c of each shuffle seed: one batch and one matrix product each step
         self.ranges = [(shuffle_seeds.index(s), k - shuffle_seeds[::-1].index(s)) for s in sorted(set(shuffle_seeds))]
         self.sizes = [c - a for a, c in self.ranges]
+        self.even = len(set(self.sizes)) == 1  # as many members for each shuffle seed: one batched product can serve
         self.scheduler = scheduler
         self.diverged = DivergedLoss(torch.tensor(max_loss).expand(k), check_every)  # each member's own max_loss
         self.alive = torch.ones(k, dtype=torch.bool)
@@ -151,10 +152,7 @@ class FusedSoftmaxRegression(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if self.kept or len(set(self.sizes)) > 1:
-            losses = self._blockwise(images, labels)
-        else:
-            losses = self._batched(images, labels)
+        losses = self._batched(images, labels) if self.even and not self.kept else self._blockwise(images, labels)
         self._fail_diverged(losses, batch_idx)
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:  # read at the epoch's end: no host sync per step
