@@ -15,9 +15,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 @friendly_errors
 def main(cfg: DictConfig) -> float:
-    from fashion_mnist_softmax.run.evaluation import (
-        evaluate,  # torch and Lightning load once the config passed its checks
-    )
+    from fashion_mnist_softmax.run.evaluation import evaluate  # torch loads once the config passed its checks
 
     return evaluate(cfg)[metrics.TEST_ACC]
 

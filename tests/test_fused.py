@@ -278,6 +278,22 @@ def test_members_with_their_own_shuffle_seed_see_their_lone_runs_batches(fake_ar
             assert row_t[TRAIN_LOSS] == pytest.approx(row_a[TRAIN_LOSS], abs=1e-4)
 
 
+def test_a_fused_group_under_a_scheduler_takes_its_lone_runs_steps(fake_archives, tiny_cfg, tmp_path):
+    """The population makes its scheduler as a lone model makes its own, and its factor scales every member's lr."""
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    schedule = ["scheduler=cosine", "trainer.max_epochs=3"]  # the lr at 1, 0.75 and 0.25 times optim.lr
+    args = ["-m", "hydra/launcher=fused", *common, *schedule, f"paths.log_dir={tmp_path / 'logs'}"]
+    result = run_script("train.py", *args, "optim.lr=0.05,0.2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Launching 2 jobs as 1 fused group of 2" in result.stdout + result.stderr
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    for job, lr in (("0", "0.05"), ("1", "0.2")):
+        alone = train(tiny_cfg(*schedule, f"optim.lr={lr}", f"paths.output_dir={tmp_path / job}"))
+        for row_t, row_a in zip(read_metrics(sweep / job)["history"], alone["history"], strict=True):
+            assert row_t[TRAIN_LOSS] == pytest.approx(row_a[TRAIN_LOSS], abs=1e-4), (job, row_t["epoch"])
+            assert row_t[VAL_ACC] == pytest.approx(row_a[VAL_ACC], abs=0.002), (job, row_t["epoch"])
+
+
 def test_a_diverged_member_is_named_at_its_first_bad_batch_when_losses_are_read_in_batches(tiny_cfg):
     """check_every=4 is the accelerator's path (the losses read every few steps), run on the CPU: the member
     that diverged trains on with a NaN loss until it is read, and that reaches no other member."""

@@ -25,11 +25,11 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Valid
 from fashion_mnist_softmax.config.schema import APPS, TARGETS, ScratchSGDConfig
 from fashion_mnist_softmax.data.images import image_files
 from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.run.checkpoints import check_checkpoint
 
 FASHION_MNIST_TRAIN_SIZE, FASHION_MNIST_TEST_SIZE = 60000, 10000
 ALWAYS = ("epoch_summary", "stop_on_diverged_loss", "best_checkpoint", "last_checkpoint")  # train() needs them
-SCRATCH = "fashion_mnist_softmax.models.scratch.ScratchSoftmaxRegression"
 SCRATCH_SGD = ScratchSGDConfig._target_
 
 
@@ -253,7 +253,7 @@ def _check_train(cfg: DictConfig) -> None:
             cfg.data.val_size,
             f"a whole number from 0 to {n_train - 1} (0 validates on the test set, as the chapter does)",
         )
-    if cfg.impl._target_ == SCRATCH and cfg.optim._target_ != SCRATCH_SGD:
+    if MODELS.get(cfg.impl._target_) == "scratch" and cfg.optim._target_ != SCRATCH_SGD:
         raise UserError(
             f"impl=scratch trains with its hand-written SGD (optim=scratch_sgd, which impl=scratch selects), so it "
             f"cannot use the optimizer {cfg.optim._target_}. Leave optim= out with impl=scratch, or use impl=concise "

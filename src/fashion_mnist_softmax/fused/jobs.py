@@ -158,7 +158,8 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "a step or batch limit"
     if cfg.get("ckpt_path"):
         return "a resumed run"
-    targets = [node["_target_"] for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node]
+    nodes = [node for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node]
+    targets = [node["_target_"] for node in nodes]
     try:
         classes = [get_class(target) for target in targets]
     except Exception as e:  # the job, run alone, fails alone
@@ -167,7 +168,6 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return f"the callback {other[0]}, which a fused group cannot run for each of its jobs"
     if not all(any(issubclass(cls, needed) for cls in classes) for needed in REQUIRED):
         return "it lacks a callback that every run has (conf/callbacks/always.yaml)"
-    nodes = [node for node in cfg["callbacks"].values() if node and "_target_" in node]
     for node, cls in zip(nodes, classes, strict=True):
         kept = (node.get("monitor"), node.get("mode", "min"), node.get("save_top_k", 1))
         if issubclass(cls, ModelCheckpoint) and kept[0] is not None and kept != (VAL_ACC, "max", 1):

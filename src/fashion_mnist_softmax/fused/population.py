@@ -16,10 +16,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class
 from torch.utils.data import DataLoader
 
 from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, FashionMNISTDataModule
+from fashion_mnist_softmax.models.classifier import with_scheduler
 from fashion_mnist_softmax.models.scratch import SGD, cross_entropy, init_weights
 from fashion_mnist_softmax.run.guards import DivergedLoss
 
@@ -226,9 +226,4 @@ class FusedSoftmaxRegression(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = FusedSGD([self.W, self.b], [(1, -1, 1), (-1, 1)], self.lr, self.momentum, self.weight_decay)
-        if self.scheduler is None:
-            return optimizer
-        scheduler = get_class(self.scheduler["_target_"])(
-            optimizer, **{k: v for k, v in self.scheduler.items() if k != "_target_"}
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return with_scheduler(optimizer, self.scheduler)

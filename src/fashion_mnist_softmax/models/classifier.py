@@ -15,6 +15,16 @@ from fashion_mnist_softmax.models import MODEL_CLASS, class_path
 from fashion_mnist_softmax.run.metrics import TRAIN_LOSS_STEP, VAL_ACC_BEST
 
 
+def with_scheduler(optimizer: torch.optim.Optimizer, scheduler: dict[str, Any] | None) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer, with the configured scheduler stepped each epoch."""
+    if scheduler is None:
+        return optimizer
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": instantiate(scheduler, optimizer=optimizer), "interval": "epoch"},
+    }
+
+
 class Classifier(L.LightningModule):
     """A classifier of 28×28 images into ten classes, minus the model (d2l's ``Classifier``).
 
@@ -94,11 +104,7 @@ class Classifier(L.LightningModule):
         self.log(VAL_ACC_BEST, self.val_acc_best.compute())
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return with_scheduler(instantiate(self.hparams.optimizer, params=self.parameters()), self.hparams.scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[MODEL_CLASS] = class_path(self)
