@@ -6,11 +6,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fashion_mnist_softmax.run.failures import friendly_errors
+from fashion_mnist_softmax.run.failures import command_line_errors, friendly_errors
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
+@command_line_errors
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @friendly_errors
 def main(cfg: DictConfig) -> None:

@@ -66,7 +66,16 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_
     ("override", "phrase"),
     [
         ("+optim.lrr=0.1", "optim.lrr is not a setting of this run: did you mean optim.lr?"),
+        ("optim.lrr=0.1", "optim.lrr is not a setting of this run: did you mean optim.lr?"),
         ("+trainer.max_epoch=3", "trainer.max_epoch is not a setting of this run: did you mean trainer.max_epochs?"),
+        ("trainer.max_epoch=3", "trainer.max_epoch is not a setting of this run: did you mean trainer.max_epochs?"),
+        (
+            "optim=adam optim.betas=[0.8,0.9]",
+            "optim.betas is left out of this run's config, though torch.optim.Adam takes it: set it with a + before "
+            "it, as +optim.betas=<value>.",
+        ),
+        ("impl=scrach", "impl=scrach is not a choice of impl: did you mean impl=scratch?"),
+        ("optim.lr=[", "no viable alternative at input '['"),
         ("optim.lr=abc", "optim.lr='abc' is not valid: it must be a number greater than 0"),
         ("data.batch_size=1.5", "data.batch_size=1.5 is not valid: it must be a whole number of at least 1"),
         ("optim=adam +optim.momentum=0.9", "optim (torch.optim.Adam) takes lr, betas, eps, weight_decay"),
@@ -83,6 +92,24 @@ def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(
     assert result.stderr.strip().startswith("Error: ") and "HYDRA_FULL_ERROR" not in result.stderr
     assert "full_key" not in result.stderr  # OmegaConf's own lines on the node
     assert not logs.exists(), "a run dir was made for a config that cannot run"
+
+
+@pytest.mark.parametrize("launcher", ["basic", "fused"])
+def test_a_key_that_no_job_of_a_sweep_has_ends_it_in_one_paragraph_before_any_job_dir(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"hydra/launcher={launcher}", "optim.lrr=0.1,0.3", f"hydra.sweep.dir={sweep}"]
+    result = run_script("train.py", *args, env=ONE_THREAD)
+    assert result.returncode == 2 and "\nError: optim.lrr" in result.stderr
+    assert_clear_failure(result, "optim.lrr is not a setting of this run: did you mean optim.lr?")
+    assert "HYDRA_FULL_ERROR" not in result.stderr and "full_key" not in result.stderr
+    assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
+
+
+def test_hydra_full_error_set_by_the_user_gets_hydras_own_report(tmp_path):
+    result = run_script(
+        "train.py", "optim.lrr=0.1", f"paths.log_dir={tmp_path}", env=ONE_THREAD | {"HYDRA_FULL_ERROR": "1"}
+    )
+    assert result.returncode == 1 and "Traceback" in result.stderr and "Could not override 'optim.lrr'" in result.stderr
 
 
 NO_GPU = [] if torch.cuda.is_available() else ["trainer=gpu", "trainer.accelerator=cuda trainer.devices=2"]
@@ -113,7 +140,8 @@ def test_the_devices_a_trainer_asks_for_are_counted_as_lightning_counts_them(dev
 
 def test_unknown_impl_lists_the_choices(tiny_train_args):
     result = run_script("train.py", *tiny_train_args, "impl=softmax", env=ONE_THREAD)
-    assert_clear_failure(result, "Could not find 'impl/softmax'", "concise", "scratch")
+    assert result.returncode == 2
+    assert_clear_failure(result, "impl=softmax is not a choice of impl: the choices are concise, scratch.")
 
 
 def test_no_data_anywhere_says_how_to_get_it(tiny_cfg, tmp_path):

@@ -10,6 +10,7 @@ machine's devices, so that a mistake is reported within a second.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
@@ -88,9 +89,18 @@ def invalid(key: str, value: Any, expected: str) -> UserError:
     return UserError(f"{key}={shown} is not valid: it must be {expected}. Fix it on the command line.")
 
 
-def _unknown_key(key: str, node: DictConfig) -> UserError:
+def unknown_key(key: str, node: DictConfig) -> UserError:
+    """``key`` is not in the config: the closest key of ``node`` (its parent), or the keys it takes; or, where the
+    node's schema takes it, how to add it (Hydra sets a key that the YAML files leave out only with a +)."""
     parent, _, leaf = key.rpartition(".")
-    known = [str(k) for k in node if not str(k).startswith("_")]
+    schema = TARGETS.get(node.get("_target_"))
+    fields = [f.name for f in dataclasses.fields(schema)] if schema else [str(k) for k in node if k != "hydra"]
+    if schema is not None and leaf in fields:
+        return UserError(
+            f"{key} is left out of this run's config, though {node._target_} takes it: set it with a + before it, "
+            f"as +{key}=<value>."
+        )
+    known = [k for k in fields if not k.startswith("_")]
     if close := difflib.get_close_matches(leaf, known, n=1):
         hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?"
     else:
@@ -112,7 +122,7 @@ def _merged(schema: type, node: DictConfig, prefix: str = "") -> DictConfig:
     except ConfigKeyError as e:
         parent = e.full_key.rpartition(".")[0]
         fields = _structured(schema)
-        raise _unknown_key(prefix + e.full_key, OmegaConf.select(fields, parent) if parent else fields) from None
+        raise unknown_key(prefix + e.full_key, OmegaConf.select(fields, parent) if parent else fields) from None
     except ValidationError as e:
         key, value = prefix + e.full_key, getattr(e, "value", None)
         if key in RULES:

@@ -202,5 +202,6 @@ class PredictConfig:
 APPS: dict[str, type] = {"train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig}
 # the schema of a node by its _target_
 TARGETS: dict[str, type] = {
-    schema._target_: schema for schema in (ScratchSGDConfig, SGDConfig, AdamConfig, CosineAnnealingConfig)
+    schema._target_: schema
+    for schema in (DataConfig, TrainerConfig, ScratchSGDConfig, SGDConfig, AdamConfig, CosineAnnealingConfig)
 }

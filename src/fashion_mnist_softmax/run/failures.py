@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -10,10 +12,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.config.checks import check_config, unknown_key
 from fashion_mnist_softmax.config.schema import APPS
 from fashion_mnist_softmax.console import paragraph, refuse
 from fashion_mnist_softmax.errors import JobFailed, UserError
@@ -33,6 +42,47 @@ def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "
     (Path(job_dir) / ERROR_FILE).write_text(reason + "\n" + details)
     print(f"\nJob {num} failed: " + paragraph(reason) + details, file=sys.stderr, flush=True)  # a bug's traceback
     return JobFailed(f"Job {num} failed: {reason}")
+
+
+def composition_error(e: Exception) -> UserError:
+    """What Hydra could not make of the command line, as the project says a mistake: a key that the config lacks
+    (with the closest one), a choice that its group lacks (with the choices), or Hydra's own words."""
+    cause = e.__cause__
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and isinstance(cause.parent_node, DictConfig):
+        return unknown_key(cause.full_key, cause.parent_node)
+    if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file:
+        group, _, choice = e.missing_cfg_file.rpartition("/")
+        close = difflib.get_close_matches(choice, e.options, n=1)
+        hint = f"did you mean {group}={close[0]}?" if close else f"the choices are {', '.join(e.options)}."
+        return UserError(f"{group}={choice} is not a choice of {group}: {hint} Fix it on the command line.")
+    lines = [line for line in str(e).splitlines() if not line.startswith(("To append", "full_key:"))]
+    said = " ".join(lines).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").rstrip(".")
+    said = " ".join((said + (f": {cause}" if cause is not None else "")).split())
+    return UserError(f"{said}{'' if said.endswith(('.', '?')) else '.'} Fix it on the command line.")
+
+
+COMMAND_LINE_ERRORS = (ConfigCompositionException, OverrideParseException, InstantiationException)
+
+
+def command_line_errors(main: Callable[[], T]) -> Callable[[], T]:
+    """Around ``hydra.main``: a command line that Hydra cannot make a config of ends in one paragraph
+    (:func:`composition_error`), as every other mistake does.
+
+    Hydra hands such an error to its caller only under ``HYDRA_FULL_ERROR=1``, set here for this process and the
+    ones it starts. Where the user set it, Hydra reports the error itself, with its stack trace.
+    """
+
+    @functools.wraps(main)
+    def wrapper() -> T:
+        if os.environ.get("HYDRA_FULL_ERROR"):
+            return main()
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return main()
+        except COMMAND_LINE_ERRORS as e:
+            refuse(composition_error(e))
+
+    return wrapper
 
 
 def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:

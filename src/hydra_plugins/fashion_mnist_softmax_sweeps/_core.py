@@ -23,16 +23,15 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
-from hydra.errors import CompactHydraException, ConfigCompositionException
+from hydra.errors import ConfigCompositionException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
 from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.fused.cores import usable_cores
-from fashion_mnist_softmax.run.failures import job_failed
+from fashion_mnist_softmax.run.failures import composition_error, job_failed
 
 from .fused_launcher import FusedLauncher
 
@@ -168,10 +167,11 @@ def _outcomes(
 
 
 def _crossing(num: int, e: Exception) -> tuple[int, Exception]:
-    """What stopped job ``num``, as it can cross to the launcher's process: a pickled exception loses its cause,
-    where Hydra keeps what went wrong in a composition, and some do not unpickle."""
-    if isinstance(e, CompactHydraException) and isinstance(e.__cause__, OmegaConfBaseException):
-        e = ConfigCompositionException(f"{e}\n{e.__cause__}".strip())
+    """What stopped job ``num``, as it can cross to the launcher's process: a composition that failed as the
+    project's paragraph (a pickled exception loses its cause, where Hydra keeps what went wrong), and an exception
+    that would not unpickle as its type and words."""
+    if isinstance(e, ConfigCompositionException):
+        e = composition_error(e)
     try:
         pickle.loads(pickle.dumps(e))
     except Exception:
