@@ -177,7 +177,7 @@ def assert_same_scalars(together: Logged, alone: Logged, store: str) -> None:
         assert [v for _, v in together[tag]] == pytest.approx([v for _, v in alone[tag]], abs=1e-4), (store, tag)
 
 
-def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_cfg, tmp_path):
+def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_cfg, tmp_path, capfd):
     """To every logger: TensorBoard, MLflow's sqlite store and W&B offline, combined as logger=[...] combines them."""
     loggers, logs = "logger=[tensorboard,mlflow,wandb]", tmp_path / "logs"
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
@@ -187,6 +187,7 @@ def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_c
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (logs / "train" / "multiruns").iterdir()
     alone_dir = tmp_path / "alone"
+    capfd.readouterr()
     train(
         tiny_cfg(
             "callbacks=inspection",
@@ -197,6 +198,8 @@ def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_c
             f"paths.output_dir={alone_dir}",
         )
     )
+    for said in (result.stdout + result.stderr, "".join(capfd.readouterr())):  # settings.quiet: no W&B summary
+        assert "wandb: Run history" not in said
     assert_same_scalars(logged(sweep / "1"), logged(alone_dir), "tensorboard")
 
     runs = mlflow_runs(logs / "mlflow.db")
