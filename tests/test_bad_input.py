@@ -210,6 +210,32 @@ def test_diverged_loss_read_in_batches_still_names_the_first_bad_step(tiny_cfg):
     assert trainer.global_step == 4
 
 
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["trainer.max_steps=30"], "trainer.max_steps=30 ends training before the first epoch ends (at step 215)"),
+        (["trainer.max_steps=30", "trainer.limit_train_batches=20"], None),
+        (["trainer.max_steps=30", "trainer.limit_train_batches=0.5"], "before the first epoch ends (at step 107)"),
+        (["trainer.max_steps=30", "trainer.accumulate_grad_batches=8"], None),
+        (["trainer.max_steps=30", "test_ckpt=last"], None),
+        (["trainer.max_steps=215"], None),
+        (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 turns validation off"),
+    ],
+)
+def test_testing_the_best_checkpoint_of_a_run_that_never_validates_is_refused_before_it_starts(
+    tiny_cfg, overrides, refused
+):
+    """The default data's sizes are known before the run: 55,000 training images, 215 batches of 256."""
+    sizes = ["data.expected_sizes={train: 60000, test: 10000}", "data.val_size=5000", "data.batch_size=256"]
+    cfg = tiny_cfg(*sizes, *overrides)
+    if refused is None:
+        check_config(cfg, "train", machine=False)
+    else:
+        with pytest.raises(UserError, match=r"^test_ckpt=best tests the checkpoint with the best val/acc, and") as e:
+            check_config(cfg, "train", machine=False)
+        assert refused in e.value.message
+
+
 def test_testing_the_best_checkpoint_when_none_was_chosen_is_explained(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.max_steps=3")  # stops after 3 of 14 steps
     with pytest.raises(UserError, match=r"no best checkpoint to test: training stopped at step 3, before its first"):

@@ -250,6 +250,23 @@ def _given_checkpoint(cfg: DictConfig, resume_impl: str | None = None) -> None:
     check_checkpoint(cfg.ckpt_path, resume_impl, resume=resume_impl is not None)
 
 
+def _never_validated(cfg: DictConfig) -> str | None:
+    """Why a run would end before its first validation (at the first epoch's end), where that is known before it
+    starts: its data's size is expected, and it trains in one process."""
+    trainer, n_train = cfg.trainer, (cfg.data.expected_sizes or {}).get("train")
+    if trainer.limit_val_batches == 0:
+        return "trainer.limit_val_batches=0 turns validation off"
+    one_process = str(trainer.devices) == "1" and trainer.num_nodes == 1 and trainer.strategy == "auto"
+    if trainer.max_steps == -1 or not n_train or not one_process or trainer.val_check_interval is not None:
+        return None
+    batches, limit = -(-(n_train - cfg.data.val_size) // cfg.data.batch_size), trainer.limit_train_batches
+    batches = min(batches, limit) if _whole(limit) else int(batches * limit) if isinstance(limit, float) else batches
+    steps = -(-batches // trainer.accumulate_grad_batches)  # optimizer steps
+    if trainer.max_steps < steps:
+        return f"trainer.max_steps={trainer.max_steps} ends training before the first epoch ends (at step {steps})"
+    return None
+
+
 def _check_train(cfg: DictConfig) -> None:
     if missing := [name for name in ALWAYS if name not in (cfg.callbacks or {})]:
         raise UserError(
@@ -270,10 +287,10 @@ def _check_train(cfg: DictConfig) -> None:
             f"for other optimizers."
         )
     _check_batch_fractions(cfg, ("train", "val", "test"))
-    if cfg.test_ckpt == "best" and cfg.trainer.limit_val_batches == 0:
+    if cfg.test_ckpt == "best" and (unvalidated := _never_validated(cfg)):
         raise UserError(
-            "test_ckpt=best tests the checkpoint with the best val/acc, and trainer.limit_val_batches=0 turns "
-            "validation off, so none would be chosen. Use test_ckpt=last, or let validation run."
+            f"test_ckpt=best tests the checkpoint with the best val/acc, and {unvalidated}, so none would be chosen. "
+            f"Use test_ckpt=last, or let validation run."
         )
     if cfg.test_ckpt not in ("best", "last"):
         if not (cfg.test_ckpt.endswith(".ckpt") and Path(cfg.test_ckpt).is_file()):
