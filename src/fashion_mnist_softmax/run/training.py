@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         )
         summary.load_state_dict(resumed["callbacks"][EpochSummary.__qualname__])
-        test_ckpt = cfg.ckpt_path
+        test_ckpt = os.path.abspath(cfg.ckpt_path)  # as metrics.json names every tested checkpoint
     else:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
@@ -132,5 +133,7 @@ def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[
     if trainer.is_global_zero:
         finish_loggers(trainer.loggers, "success")
         write_json_atomic(run_dir / METRICS_FILE, metrics)
-        print(f"metrics: {run_dir / METRICS_FILE}\ncheckpoints: {run_dir / 'checkpoints'}")
+        print(f"metrics: {run_dir / METRICS_FILE}")
+        if (run_dir / "checkpoints").is_dir():  # a finished run resumed with nothing left to train writes none
+            print(f"checkpoints: {run_dir / 'checkpoints'}")
     return metrics
