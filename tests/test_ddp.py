@@ -57,6 +57,7 @@ def test_ddp_multirun_with_synced_metrics(tmp_path: Path, fake_archives: Path) -
 
     jobs = job_dirs(sweep)
     assert [read_metrics(j)["impl"] for j in jobs] == ["scratch"]
+    assert "sync_dist" not in result.stdout + result.stderr  # every value logged is the same on each rank
     for job in jobs:
         job_digest, rank_digests = _digests(result.stdout, job)
         assert rank_digests == [job_digest, job_digest]

@@ -149,6 +149,16 @@ def test_eval_py_with_a_missing_checkpoint_names_it(tmp_path):
     assert f"No checkpoint at {missing}" in " ".join(result.stderr.split())
 
 
+def test_eval_py_given_a_run_dir_names_the_checkpoint_to_give(tmp_path):
+    result = run_script("eval.py", f"ckpt_path={tmp_path}", f"hydra.run.dir={tmp_path / 'eval'}", env=ONE_THREAD)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    said = " ".join(result.stderr.split())
+    assert (
+        f"ckpt_path={tmp_path} is a folder: give a checkpoint file in it, such as {tmp_path}/checkpoints/last.ckpt"
+        in said
+    )
+
+
 def test_eval_of_a_truncated_checkpoint_names_it(trained, compose_cfg, tmp_path):
     truncated = tmp_path / "last.ckpt"
     truncated.write_bytes((trained / "checkpoints" / "last.ckpt").read_bytes()[:3000])

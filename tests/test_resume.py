@@ -137,6 +137,7 @@ def runs(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     for name, status in (("sigint", 1), ("sigterm", 128 + signal.SIGTERM)):
         last = root / name / "checkpoints" / "last.ckpt"
         assert stopped[name][0] == status and f"of {EPOCHS} epochs: saved {last}. Resume with:" in stopped[name][1]
+        assert "Received SIG" not in stopped[name][1]  # Lightning's line: the run says how it stopped
         step = torch.load(last, weights_only=True)["global_step"]
         assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH, "saved by the signal, in the middle of epoch 2"
         assert list((root / name / "checkpoints").glob("epoch000-*.ckpt")), "the best checkpoint of epoch 1 is gone"

@@ -31,6 +31,16 @@ def test_the_console_shows_the_run_and_nothing_else(tiny_train_args, tmp_path, c
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_the_smoke_run_shows_its_one_epoch_and_nothing_else(tiny_train_args):
+    args = [a for a in tiny_train_args if not a.startswith(("trainer.max_epochs", "trainer.log_every_n_steps"))]
+    result = run_script("train.py", *args, "debug=quick")
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for noise in (*NOISE, "logging interval"):  # log_every_n_steps fits its two steps
+        assert noise not in console, noise
+    assert "epoch 1, loss " in console and "epoch 2," not in console
+
+
 def test_on_a_terminal_the_bar_counts_epochs_as_the_epoch_lines_do(tiny_train_args):
     status, console = run_in_terminal("train.py", *tiny_train_args, "callbacks=default")
     assert status == 0, console[-3000:]

@@ -40,6 +40,11 @@ def _not_lightning_info(record: logging.LogRecord) -> bool:
     return not record.getMessage().lstrip().startswith(LIGHTNING_INFO)
 
 
+def _not_sigterm(record: logging.LogRecord) -> bool:
+    """The run says how it stopped and how to resume it."""
+    return "Received SIGTERM" not in record.getMessage()
+
+
 def _not_new_experiment(record: logging.LogRecord) -> bool:
     """MLflow's experiment for a task is made by its first run, which is no cause for a warning."""
     return not record.getMessage().startswith("Experiment with name")
@@ -51,5 +56,6 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_not_lightning_info)  # a filter it holds already is not added again
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(_not_sigterm)
     logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(_not_new_experiment)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # the store's tables made on first use

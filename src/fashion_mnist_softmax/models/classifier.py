@@ -101,7 +101,7 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_acc.compute())
-        self.log(VAL_ACC_BEST, self.val_acc_best.compute())
+        self.log(VAL_ACC_BEST, self.val_acc_best.compute(), sync_dist=True)  # the same on every rank
 
     def configure_optimizers(self) -> Any:
         return with_scheduler(instantiate(self.hparams.optimizer, params=self.parameters()), self.hparams.scheduler)

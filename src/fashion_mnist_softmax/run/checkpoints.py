@@ -23,6 +23,11 @@ RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks")
 
 def existing_checkpoint(path: str | Path) -> Path:
     """``path``, a file that exists; checked before torch is imported to read it."""
+    if Path(path).is_dir():
+        raise UserError(
+            f"ckpt_path={path} is a folder: give a checkpoint file in it, such as "
+            f"{Path(path) / 'checkpoints' / 'last.ckpt'} for a run dir."
+        )
     if not Path(path).is_file():
         raise UserError(
             f"No checkpoint at {path}: the file does not exist. Give ckpt_path=<run dir>/checkpoints/last.ckpt "

@@ -73,7 +73,7 @@ class EpochSummary(L.Callback):
         if self._train_time is None:
             self._train_time = self._running()
         for name, value in self.timing(self._train_time, self._images * trainer.world_size).items():
-            pl_module.log(name, value)
+            pl_module.log(name, value, sync_dist=True)  # each rank's own clock: their mean
         found, names = trainer.callback_metrics, TRAIN_METRICS + (VAL_METRICS if self._validated else ())
         self._validated = False
         row = self.add(trainer.current_epoch + 1, {k: float(found[k]) for k in names if k in found}, self._train_time)
