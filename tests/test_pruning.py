@@ -84,6 +84,8 @@ def test_pruned_trials_stop_early_and_the_search_ends_in_status_0(searches, laun
     assert summary.count("| pruned |") == len(pruned)
     for m in pruned:
         assert f"pruned after epoch {len(m['history'])}" in summary
+        if launcher == "basic":  # each job says so, in the sweep's console
+            assert f"pruned by its search after epoch {len(m['history'])}: not tested" in result.stdout
     if study is not None:  # each trial told as its job ended, with the val/acc it reported at each epoch
         states = [t.state for t in study.trials]
         assert states == [

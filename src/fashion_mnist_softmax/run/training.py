@@ -90,7 +90,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 metrics = run_metrics(model.name, cfg.seed, {}, None, hparams, summary.history, status=INTERRUPTED)
                 _interrupted(trainer, run_dir, metrics)
             raise
-        if any(isinstance(c, ReportToTrial) and c.pruned_at for c in callbacks):  # its search stopped it: untested
+        if pruned_at := next((c.pruned_at for c in callbacks if isinstance(c, ReportToTrial) and c.pruned_at), None):
+            if trainer.is_global_zero:  # its search stopped it: untested
+                print(f"pruned by its search after epoch {pruned_at}: not tested")
             metrics = run_metrics(model.name, cfg.seed, {}, None, hparams, summary.history, status=PRUNED)
             return _finish(trainer, run_dir, metrics)
         named = {"best": best.best_model_path, "last": last.format_checkpoint_name({})}
