@@ -14,6 +14,7 @@ from fashion_mnist_softmax.config.checks import check_config, devices_asked
 from fashion_mnist_softmax.data.fashion_mnist import raw_dir
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.run.guards import StopOnDivergedLoss
+from fashion_mnist_softmax.run.metrics import VAL_ACC
 from fashion_mnist_softmax.run.training import train
 
 from conftest import run_script
@@ -103,6 +104,13 @@ def test_a_key_that_no_job_of_a_sweep_has_ends_it_in_one_paragraph_before_any_jo
     assert_clear_failure(result, "optim.lrr is not a setting of this run: did you mean optim.lr?")
     assert "HYDRA_FULL_ERROR" not in result.stderr and "full_key" not in result.stderr
     assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
+
+
+def test_what_fails_once_the_run_started_hydra_reports_as_it_always_does(tiny_train_args):
+    """A mistake that only the run finds is not one of the command line's: Hydra's report, status 1."""
+    result = run_script("train.py", *tiny_train_args, "callbacks=inspection", "callbacks.figures._target_=nope")
+    assert result.returncode == 1 and "Error locating target 'nope'" in result.stderr
+    assert "Fix it on the command line" not in result.stderr
 
 
 def test_hydra_full_error_set_by_the_user_gets_hydras_own_report(tmp_path):
@@ -213,9 +221,14 @@ def test_diverged_loss_read_in_batches_still_names_the_first_bad_step(tiny_cfg):
 @pytest.mark.parametrize(
     ("overrides", "refused"),
     [
-        (["trainer.max_steps=30"], "trainer.max_steps=30 ends training before the first epoch ends (at step 215)"),
+        (["trainer.max_steps=30"], "trainer.max_steps=30 ends training before its first validation (at step 215)"),
         (["trainer.max_steps=30", "trainer.limit_train_batches=20"], None),
-        (["trainer.max_steps=30", "trainer.limit_train_batches=0.5"], "before the first epoch ends (at step 107)"),
+        (["trainer.max_steps=30", "trainer.limit_train_batches=0.5"], "before its first validation (at step 107)"),
+        (["trainer.max_steps=300", "trainer.check_val_every_n_epoch=2"], "before its first validation (at step 430)"),
+        (["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=2"], "max_epochs=1 ends training before epoch 2"),
+        (["trainer.max_steps=30", "trainer.val_check_interval=10"], None),
+        (["trainer.max_steps=30", "trainer.devices=2", "trainer.accelerator=cpu"], None),
+        (["trainer.max_steps=30", "data.expected_sizes=null"], None),
         (["trainer.max_steps=30", "trainer.accumulate_grad_batches=8"], None),
         (["trainer.max_steps=30", "test_ckpt=last"], None),
         (["trainer.max_steps=215"], None),
@@ -234,6 +247,17 @@ def test_testing_the_best_checkpoint_of_a_run_that_never_validates_is_refused_be
         with pytest.raises(UserError, match=r"^test_ckpt=best tests the checkpoint with the best val/acc, and") as e:
             check_config(cfg, "train", machine=False)
         assert refused in e.value.message
+
+
+def test_the_first_validation_is_at_the_step_the_check_names(tiny_cfg):
+    """On the synthetic data, 448 training images: 14 batches of 32, then the first validation."""
+    sizes = "data.expected_sizes={train: 512, test: 128}"
+    refused = r"trainer.max_steps=13 ends training before its first validation \(at step 14\)"
+    with pytest.raises(UserError, match=refused):
+        check_config(tiny_cfg(sizes, "trainer.max_steps=13"), "train", machine=False)
+    metrics = train(tiny_cfg(sizes, "trainer.max_steps=14"))
+    assert len(metrics["history"]) == 1 and VAL_ACC in metrics["history"][0]  # validated at step 14
+    assert metrics["test_ckpt"].endswith(".ckpt") and "epoch000-val_acc" in metrics["test_ckpt"]  # the best, tested
 
 
 def test_testing_the_best_checkpoint_when_none_was_chosen_is_explained(tiny_cfg, tmp_path):

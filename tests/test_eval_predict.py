@@ -149,13 +149,28 @@ def test_eval_py_with_a_missing_checkpoint_names_it(tmp_path):
     assert f"No checkpoint at {missing}" in " ".join(result.stderr.split())
 
 
-def test_eval_py_given_a_run_dir_names_the_checkpoint_to_give(tmp_path):
-    result = run_script("eval.py", f"ckpt_path={tmp_path}", f"hydra.run.dir={tmp_path / 'eval'}", env=ONE_THREAD)
+@pytest.mark.parametrize(
+    ("script", "override", "said"),
+    [
+        ("eval.py", "impl=concise", "Could not override 'impl'. No match in the defaults list. Fix it on the command"),
+        ("predict.py", "topk=3", "topk is not a setting of this run: did you mean top_k? Fix it on the command line."),
+    ],
+)
+def test_a_command_line_hydra_cannot_compose_ends_in_one_paragraph(tmp_path, script, override, said):
+    result = run_script(script, "ckpt_path=x.ckpt", override, f"paths.log_dir={tmp_path}", env=ONE_THREAD)
+    assert result.returncode == 2 and result.stdout == "" and result.stderr.strip().startswith("Error: ")
+    assert said in " ".join(result.stderr.split()) and "HYDRA_FULL_ERROR" not in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("folder", ["run dir", "checkpoints"])
+def test_eval_py_given_a_folder_names_the_checkpoint_to_give(trained, tmp_path, folder):
+    given = trained if folder == "run dir" else trained / "checkpoints"
+    result = run_script("eval.py", f"ckpt_path={given}", f"hydra.run.dir={tmp_path / 'eval'}", env=ONE_THREAD)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     said = " ".join(result.stderr.split())
     assert (
-        f"ckpt_path={tmp_path} is a folder: give a checkpoint file in it, such as {tmp_path}/checkpoints/last.ckpt"
-        in said
+        f"ckpt_path={given} is a folder: give a checkpoint file in it, such as {trained}/checkpoints/last.ckpt." in said
     )
 
 

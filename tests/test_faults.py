@@ -177,7 +177,7 @@ def test_resuming_a_finished_run_into_a_new_dir(world, reference, max_epochs):
     if max_epochs == 2:
         assert "Nothing left to train" in " ".join(result.stdout.split()) and "epoch 3," not in console
         assert "checkpoints:" not in console and not (new / "checkpoints").exists()  # it names no empty place
-        assert metrics["test_ckpt"] == str(last.resolve())
+        assert metrics["test_ckpt"] == os.path.abspath(last)
         assert metrics[TEST_ACC] == old[TEST_ACC] and metrics[VAL_ACC_BEST] == old[VAL_ACC_BEST]
     else:
         assert "epoch 3," in console and "Nothing left to train" not in console

@@ -251,20 +251,31 @@ def _given_checkpoint(cfg: DictConfig, resume_impl: str | None = None) -> None:
 
 
 def _never_validated(cfg: DictConfig) -> str | None:
-    """Why a run would end before its first validation (at the first epoch's end), where that is known before it
-    starts: its data's size is expected, and it trains in one process."""
+    """Why a run would end before its first validation, at the end of epoch ``check_val_every_n_epoch``; for
+    ``max_steps``, where that is known before the run: its data's size is expected, and it trains in one process."""
     trainer, n_train = cfg.trainer, (cfg.data.expected_sizes or {}).get("train")
+    first = trainer.check_val_every_n_epoch
     if trainer.limit_val_batches == 0:
         return "trainer.limit_val_batches=0 turns validation off"
-    one_process = str(trainer.devices) == "1" and trainer.num_nodes == 1 and trainer.strategy == "auto"
-    if trainer.max_steps == -1 or not n_train or not one_process or trainer.val_check_interval is not None:
+    if trainer.val_check_interval is not None or first is None:  # validation within epochs
         return None
-    batches, limit = -(-(n_train - cfg.data.val_size) // cfg.data.batch_size), trainer.limit_train_batches
-    batches = min(batches, limit) if _whole(limit) else int(batches * limit) if isinstance(limit, float) else batches
-    steps = -(-batches // trainer.accumulate_grad_batches)  # optimizer steps
+    if trainer.max_epochs < first:
+        return f"trainer.max_epochs={trainer.max_epochs} ends training before epoch {first}, the first to validate"
+    one_process = str(trainer.devices) == "1" and trainer.num_nodes == 1 and trainer.strategy == "auto"
+    if trainer.max_steps == -1 or not n_train or not one_process:
+        return None
+    steps = first * -(-_train_batches(cfg, n_train - cfg.data.val_size) // trainer.accumulate_grad_batches)
     if trainer.max_steps < steps:
-        return f"trainer.max_steps={trainer.max_steps} ends training before the first epoch ends (at step {steps})"
+        return f"trainer.max_steps={trainer.max_steps} ends training before its first validation (at step {steps})"
     return None
+
+
+def _train_batches(cfg: DictConfig, images: int) -> int:
+    """The training batches of an epoch, as Lightning counts them under ``limit_train_batches``."""
+    batches, limit = -(-images // cfg.data.batch_size), cfg.trainer.limit_train_batches
+    if isinstance(limit, float):
+        return int(batches * limit)
+    return batches if limit is None else min(batches, limit)
 
 
 def _check_train(cfg: DictConfig) -> None:

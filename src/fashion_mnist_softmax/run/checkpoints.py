@@ -24,9 +24,10 @@ RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks")
 def existing_checkpoint(path: str | Path) -> Path:
     """``path``, a file that exists; checked before torch is imported to read it."""
     if Path(path).is_dir():
+        inside = Path(path) / "last.ckpt"  # a run's checkpoints/ folder, or its run dir
         raise UserError(
             f"ckpt_path={path} is a folder: give a checkpoint file in it, such as "
-            f"{Path(path) / 'checkpoints' / 'last.ckpt'} for a run dir."
+            f"{inside if inside.is_file() else Path(path) / 'checkpoints' / 'last.ckpt'}."
         )
     if not Path(path).is_file():
         raise UserError(

@@ -9,15 +9,10 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import (
-    ConfigCompositionException,
-    InstantiationException,
-    MissingConfigException,
-    OverrideParseException,
-)
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
@@ -44,9 +39,10 @@ def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "
     return JobFailed(f"Job {num} failed: {reason}")
 
 
-def composition_error(e: Exception) -> UserError:
+def composition_error(e: CompactHydraException) -> UserError:
     """What Hydra could not make of the command line, as the project says a mistake: a key that the config lacks
-    (with the closest one), a choice that its group lacks (with the choices), or Hydra's own words."""
+    (with the closest one), a choice that its group lacks (with the choices), an override that does not parse, or
+    Hydra's own words."""
     cause = e.__cause__
     if isinstance(cause, ConfigAttributeError | ConfigKeyError) and isinstance(cause.parent_node, DictConfig):
         return unknown_key(cause.full_key, cause.parent_node)
@@ -55,34 +51,63 @@ def composition_error(e: Exception) -> UserError:
         close = difflib.get_close_matches(choice, e.options, n=1)
         hint = f"did you mean {group}={close[0]}?" if close else f"the choices are {', '.join(e.options)}."
         return UserError(f"{group}={choice} is not a choice of {group}: {hint} Fix it on the command line.")
-    lines = [line for line in str(e).splitlines() if not line.startswith(("To append", "full_key:"))]
-    said = " ".join(lines).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").rstrip(".")
-    said = " ".join((said + (f": {cause}" if cause is not None else "")).split())
+    if isinstance(e, OverrideParseException):
+        said = f"{e.override} does not parse: {_hydras_words(e.message)}"
+    else:
+        said = _hydras_words(str(e))
+        if cause is not None and str(cause) not in str(e):
+            said += f": {_hydras_words(str(cause))}"
     return UserError(f"{said}{'' if said.endswith(('.', '?')) else '.'} Fix it on the command line.")
 
 
-COMMAND_LINE_ERRORS = (ConfigCompositionException, OverrideParseException, InstantiationException)
+def _hydras_words(text: str) -> str:
+    """Hydra's or OmegaConf's message on one line, without what does not apply here: their lines on the node, the
+    advice to add the key with a + (it is not a key of this config) and to set HYDRA_FULL_ERROR."""
+    lines = [
+        line
+        for line in text.splitlines()
+        if not line.strip().startswith(("To append", "full_key", "object_type", "reference_type"))
+    ]
+    said = " ".join(" ".join(lines).split())
+    return said.replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").rstrip(".")
 
 
-def command_line_errors(main: Callable[[], T]) -> Callable[[], T]:
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_BEFORE: dict[str, str | None] = {}  # its value before command_line_errors set it, until the task starts
+
+
+def command_line_errors(main: Callable[..., T]) -> Callable[..., T]:
     """Around ``hydra.main``: a command line that Hydra cannot make a config of ends in one paragraph
     (:func:`composition_error`), as every other mistake does.
 
-    Hydra hands such an error to its caller only under ``HYDRA_FULL_ERROR=1``, set here for this process and the
-    ones it starts. Where the user set it, Hydra reports the error itself, with its stack trace.
+    Hydra hands such an error to its caller only under ``HYDRA_FULL_ERROR=1``. It is set here while Hydra composes,
+    and put back as the user left it when the task starts (:func:`friendly_errors`): what fails in a run, Hydra
+    reports as it always does. A user who sets it to 1 gets Hydra's own report of everything.
     """
 
     @functools.wraps(main)
-    def wrapper() -> T:
-        if os.environ.get("HYDRA_FULL_ERROR"):
-            return main()
-        os.environ["HYDRA_FULL_ERROR"] = "1"
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        if os.environ.get(FULL_ERROR) == "1":
+            return main(*args, **kwargs)
+        _BEFORE[FULL_ERROR] = os.environ.get(FULL_ERROR)
+        os.environ[FULL_ERROR] = "1"
         try:
-            return main()
-        except COMMAND_LINE_ERRORS as e:
+            return main(*args, **kwargs)
+        except CompactHydraException as e:  # raised before any task started: a task's errors go to Hydra
             refuse(composition_error(e))
+        finally:
+            _hand_back()
 
     return wrapper
+
+
+def _hand_back() -> None:
+    """``HYDRA_FULL_ERROR`` as the user left it, where :func:`command_line_errors` set it."""
+    if FULL_ERROR in _BEFORE:
+        if (before := _BEFORE.pop(FULL_ERROR)) is None:
+            os.environ.pop(FULL_ERROR, None)
+        else:
+            os.environ[FULL_ERROR] = before
 
 
 def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
@@ -96,6 +121,7 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> T:
+        _hand_back()
         try:
             if in_multirun() and (app := HydraConfig.get().job.config_name) in APPS:
                 check_config(cfg, app)

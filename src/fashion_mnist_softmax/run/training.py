@@ -100,8 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.test_ckpt == "best" and not test_ckpt:
             raise UserError(
                 f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its "
-                f"first validation (trainer.max_steps or trainer.limit_val_batches=0 can do that), so no checkpoint "
-                f"was chosen by {VAL_ACC}. Use test_ckpt=last to test the final model."
+                f"first validation (trainer.max_steps or trainer.check_val_every_n_epoch can do that), so no "
+                f"checkpoint was chosen by {VAL_ACC}. Use test_ckpt=last to test the final model."
             )
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)[0]
