@@ -113,6 +113,16 @@ def test_what_fails_once_the_run_started_hydra_reports_as_it_always_does(tiny_tr
     assert "Fix it on the command line" not in result.stderr
 
 
+@pytest.mark.parametrize("setting", ["n_trials=0", "n_jobs=0"])
+def test_an_optuna_search_of_no_trials_or_no_jobs_at_once_is_refused(tmp_path, setting):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hparams_search=optuna", f"hydra.sweeper.{setting}", f"hydra.sweep.dir={sweep}"]
+    result = run_script("train.py", *args, env=ONE_THREAD, timeout=60)
+    assert result.returncode == 2
+    assert_clear_failure(result, f"hydra.sweeper.{setting} is not valid: it must be a whole number of at least 1.")
+    assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
+
+
 def test_hydra_full_error_set_by_the_user_gets_hydras_own_report(tmp_path):
     result = run_script(
         "train.py", "optim.lrr=0.1", f"paths.log_dir={tmp_path}", env=ONE_THREAD | {"HYDRA_FULL_ERROR": "1"}

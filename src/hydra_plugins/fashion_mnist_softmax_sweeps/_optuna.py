@@ -95,6 +95,9 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     # the jobs run in this process: the basic launcher's, and the fused launcher's unless submitit runs its groups
     fused_here = isinstance(launcher, FusedLauncher) and launcher.executor is None
     in_process = type(launcher).__name__ == "BasicLauncher" or fused_here
+    for key, value in (("n_trials", sweeper.n_trials), ("n_jobs", sweeper.n_jobs)):
+        if value < 1:  # refused before any trial is asked or job dir made, as below
+            refuse(UserError(f"hydra.sweeper.{key}={value} is not valid: it must be a whole number of at least 1."))
     if prunes and not sweeper.storage and not in_process:  # refused before any trial is asked or job dir made
         refuse(
             UserError(
