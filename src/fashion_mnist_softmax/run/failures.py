@@ -121,7 +121,7 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> T:
-        _hand_back()
+        _hand_back()  # from here on, Hydra reports what fails as it always does
         try:
             if in_multirun() and (app := HydraConfig.get().job.config_name) in APPS:
                 check_config(cfg, app)
