@@ -113,6 +113,12 @@ def test_what_fails_once_the_run_started_hydra_reports_as_it_always_does(tiny_tr
     assert "Fix it on the command line" not in result.stderr
 
 
+def test_an_optuna_search_without_multirun_is_refused(tmp_path):
+    result = run_script("train.py", "hparams_search=optuna", f"paths.log_dir={tmp_path / 'logs'}", env=ONE_THREAD)
+    assert result.returncode == 2 and not (tmp_path / "logs").exists()
+    assert_clear_failure(result, "An Optuna search (hparams_search=optuna, or hydra/sweeper=optuna) runs with -m")
+
+
 @pytest.mark.parametrize("setting", ["n_trials=0", "n_jobs=0"])
 def test_an_optuna_search_of_no_trials_or_no_jobs_at_once_is_refused(tmp_path, setting):
     sweep = tmp_path / "sweep"
