@@ -22,6 +22,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from fashion_mnist_softmax.config.checks import invalid
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.sweeps.trials import STORAGES, Pruned
@@ -97,7 +98,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     in_process = type(launcher).__name__ == "BasicLauncher" or fused_here
     for key, value in (("n_trials", sweeper.n_trials), ("n_jobs", sweeper.n_jobs)):
         if value < 1:  # refused before any trial is asked or job dir made, as below
-            refuse(UserError(f"hydra.sweeper.{key}={value} is not valid: it must be a whole number of at least 1."))
+            refuse(invalid(f"hydra.sweeper.{key}", value, "a whole number of at least 1"))
     if prunes and not sweeper.storage and not in_process:  # refused before any trial is asked or job dir made
         refuse(
             UserError(
