@@ -344,7 +344,7 @@ def test_each_member_of_the_fused_sgd_takes_torchs_sgd_steps_with_options_shared
         W, b = torch.nn.Parameter(torch.randn(4, 2, 3)), torch.nn.Parameter(torch.randn(2, 3))
         alone = [[torch.nn.Parameter(p[..., k, :].detach().clone())] for p in (W, b) for k in range(2)]
         tensors = [torch.tensor(options[key]) for key in ("lr", "momentum", "weight_decay")]
-        fused = FusedSGD([W, b], [(1, -1, 1), (-1, 1)], *tensors)
+        fused = FusedSGD([W, b], *tensors)
         references = [
             torch.optim.SGD(params, **{key: options[key][k % 2] for key in options}) for k, params in enumerate(alone)
         ]

@@ -17,6 +17,7 @@ import gc
 import json
 import math
 import multiprocessing
+import shutil
 import signal
 import threading
 import time
@@ -287,15 +288,18 @@ class MemberOutputs(HeldInterrupt):
             metrics |= {VAL_LOSS: val_loss[k], VAL_ACC: val_acc[k]} if validated else {}
             member.summary.add(epoch, metrics, seconds)
             weights = member.weights(module)
-            if validated and val_acc[k] > member.best:
+            improved = validated and val_acc[k] > member.best
+            if improved:
+                member.best, member.best_state = val_acc[k], weights
+            last = member.last_checkpoint.format_checkpoint_name({})
+            member.save(last, weights, self.data_state, epoch - 1, step)
+            if improved:
                 if member.best_path is not None:
                     Path(member.best_path).unlink(missing_ok=True)
-                member.best, member.best_state = val_acc[k], weights
                 member.best_path = member.best_checkpoint.format_checkpoint_name(
                     {"epoch": epoch - 1, VAL_ACC: val_acc[k]}
                 )
-                member.save(member.best_path, weights, self.data_state, epoch - 1, step)
-            member.save(member.last_checkpoint.format_checkpoint_name({}), weights, self.data_state, epoch - 1, step)
+                shutil.copyfile(last, member.best_path)  # the same weights, epoch and hparams: written once
             for s, losses in steps:
                 member.log({TRAIN_LOSS_STEP: float(losses[k]), "epoch": epoch - 1}, s)
             best = {VAL_ACC_BEST: member.best} if validated else {}

@@ -59,27 +59,24 @@ class FusedSGD(SGD):
     """The chapter's SGD, each member with its own lr, momentum and weight decay: tensors that broadcast over the
     members, or one number where every member has the same.
 
+    Each parameter's last two dims are (member, class), as W's (784, K, 10) and b's (K, 10); a member's option is
+    repeated over its classes, (K, 10), so that the update runs over whole rows of 10·K values, not runs of 10.
     ``lr`` of the param group is a factor, 1 at the start, that a learning-rate scheduler changes for every
     member alike; a member's step is ``lr * member_lr``.
     """
 
     def __init__(
-        self,
-        params: list[torch.nn.Parameter],
-        shapes: list[tuple[int, ...]],
-        lr: torch.Tensor,
-        momentum: torch.Tensor,
-        weight_decay: torch.Tensor,
+        self, params: list[torch.nn.Parameter], lr: torch.Tensor, momentum: torch.Tensor, weight_decay: torch.Tensor
     ) -> None:
         super().__init__(params, lr=1.0)
 
-        def each(values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | float:
+        def each(values: torch.Tensor, p: torch.nn.Parameter) -> torch.Tensor | float:
             # one number where every member has the same: momentum or weight decay 0 then costs nothing
-            return float(values[0]) if bool((values == values[0]).all()) else values.view(shape)
+            if bool((values == values[0]).all()):
+                return float(values[0])
+            return values.view(-1, 1).expand(p.shape[-2:]).contiguous()
 
-        self.member = {
-            p: (each(lr, s), each(momentum, s), each(weight_decay, s)) for p, s in zip(params, shapes, strict=True)
-        }
+        self.member = {p: (each(lr, p), each(momentum, p), each(weight_decay, p)) for p in params}
 
     def hyperparameters(self, group: dict[str, Any], p: torch.nn.Parameter) -> tuple[Any, Any, Any]:
         lr, momentum, weight_decay = self.member[p]
@@ -135,15 +132,17 @@ class FusedSoftmaxRegression(L.LightningModule):
 
     def _add(
         self, stage: str, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, members: Any = slice(None)
-    ) -> None:
+    ) -> torch.Tensor:
         """Add a batch's mean losses and correct predictions of ``members`` (all, a slice or an index tensor) to the
-        stage's sums."""
-        correct, n = (logits.argmax(-1) == y.unsqueeze(-1)).sum(0).reshape(-1), len(y)
+        stage's sums; return the predicted classes."""
+        predicted = logits.max(-1).indices  # argmax's, the first largest logit; over 10 classes max is faster
+        correct, n = (predicted == y.unsqueeze(-1)).sum(0).reshape(-1), len(y)
         k = self.W.shape[1]
         sums = self.sums.setdefault(stage, torch.zeros(3, k, dtype=torch.float64, device=self.device))
         sums[0, members] += losses.detach().double() * n
         sums[1, members] += correct.double()
         sums[2, members] += n
+        return predicted
 
     def epoch_metrics(self, stage: str) -> tuple[list[float], list[float]]:
         """Each member's mean loss and accuracy over the stage's epoch so far; resets them."""
@@ -214,8 +213,7 @@ class FusedSoftmaxRegression(L.LightningModule):
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
         logits = self.logits(x, self.W, self.b)
-        self._add(stage, cross_entropy(logits, y), logits, y)
-        return logits.argmax(-1)
+        return self._add(stage, cross_entropy(logits, y), logits, y)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -225,5 +223,5 @@ class FusedSoftmaxRegression(L.LightningModule):
         return self._eval_step("test", batch)
 
     def configure_optimizers(self) -> Any:
-        optimizer = FusedSGD([self.W, self.b], [(1, -1, 1), (-1, 1)], self.lr, self.momentum, self.weight_decay)
+        optimizer = FusedSGD([self.W, self.b], self.lr, self.momentum, self.weight_decay)
         return with_scheduler(optimizer, self.scheduler)
