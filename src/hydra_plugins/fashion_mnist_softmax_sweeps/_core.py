@@ -295,12 +295,11 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     wait_for_jobs = _start_jobs(launcher, numbered)
     from fashion_mnist_softmax.fused.jobs import group_key, train_group, why_not_fused  # torch, meanwhile
 
-    # what is alive now (Hydra, torch, Lightning: hundreds of thousands of objects) outlives the launch: collected
-    # once, it is left out of the collections until the launch ends, which then take milliseconds, not a tenth of a
-    # second each
+    # what is alive now (Hydra, torch, Lightning: hundreds of thousands of objects) outlives the launch: it is left
+    # out of the collections until the launch ends, which then take milliseconds, not a tenth of a second each (not
+    # collected first: that too takes a tenth of a second, for the few dozen objects that imports leave behind)
     frozen_before = gc.get_freeze_count()
     try:
-        gc.collect()
         gc.freeze()
         jobs = wait_for_jobs()
         groups: dict[str, list[_Job]] = {}
