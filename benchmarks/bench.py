@@ -438,6 +438,13 @@ SWEEP_GRIDS = {
         "optim.weight_decay=0,1e-4",
         "seed=1,2,3,4",
     ],
+    256: [  # for a GPU: --trainer gpu
+        "impl=scratch,concise",
+        "optim.lr=0.03,0.1,0.2,0.3",
+        "optim.momentum=0,0.5",
+        "optim.weight_decay=0,1e-4",
+        "seed=1,2,3,4,5,6,7,8",
+    ],
 }
 SWEEP_CALLBACKS = ("none", "default")
 SWEEP_TARGETS = {  # (jobs, callbacks): the least speed-up of the fused launcher over each other launcher
