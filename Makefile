@@ -1,5 +1,6 @@
 # make install | train ARGS="impl=scratch" | test | bench | lint | format | tensorboard | dashboard DB=... | mlflow | clean
 PYTHON ?= python3
+PLUGINS := plugins/hydra_optuna_pruning_sweeper plugins/fashion_mnist_fused_launcher
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
@@ -11,12 +12,12 @@ MLFLOW_UI := $(VENV)/.mlflow-ui-stamp
 
 install: $(STAMP)
 
-# Reinstalls whenever pyproject.toml or the constraints change. torch and torchvision are
-# installed together from the registry so that they are one build (see constraints.txt).
-$(STAMP): pyproject.toml constraints.txt
+# The project and its two Hydra plugins, editable. Reinstalls whenever a pyproject.toml or the constraints
+# change. torch and torchvision are installed together from the registry so that they are one build.
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tracking]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tracking]" $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 train: install
@@ -49,7 +50,7 @@ mlflow: $(MLFLOW_UI)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath logs/mlflow.db) --host 127.0.0.1
 
 $(MLFLOW_UI): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tracking,mlflow-ui]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tracking,mlflow-ui]" $(addprefix -e ,$(PLUGINS))
 	touch $(MLFLOW_UI)
 
 clean:

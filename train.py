@@ -15,9 +15,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @friendly_errors
 def main(cfg: DictConfig) -> float:
-    """The returned ``val/acc_best`` is the objective of Optuna sweeps."""
+    """The returned ``val/acc_best`` is the objective of Optuna searches; a pruned job raises ``optuna.TrialPruned``."""
+    from fashion_mnist_softmax.run.pruning import objective
     from fashion_mnist_softmax.run.training import train  # torch and Lightning load once the config passed its checks
-    from fashion_mnist_softmax.sweeps.trials import objective
 
     return objective(train(cfg))
 

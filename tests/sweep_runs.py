@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import run_script, tiny_overrides
+from helpers import run_script, tiny_overrides
 
 
 def run_multirun(tmp_path: Path, archives: Path, *args: str) -> tuple[Path, subprocess.CompletedProcess]:

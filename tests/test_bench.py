@@ -14,7 +14,7 @@ from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule, InMemo
 from fashion_mnist_softmax.data.fashion_mnist import ensure_raw_files
 from fashion_mnist_softmax.models.scratch import ScratchSoftmaxRegression
 
-from conftest import ROOT, run_script
+from helpers import ROOT, run_script
 
 SGD = {"_target_": "fashion_mnist_softmax.models.scratch.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
 

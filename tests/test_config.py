@@ -1,16 +1,13 @@
 """Hydra composition of conf/train.yaml and its groups."""
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
-from omegaconf import OmegaConf
 
 from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.errors import UserError
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_defaults_compose(compose_cfg):
@@ -89,12 +86,3 @@ def test_every_callbacks_choice_declares_what_every_run_has(compose_cfg):
     training = (ROOT / "src" / "fashion_mnist_softmax" / "run" / "training.py").read_text()
     built = ("ModelCheckpoint(", "EpochSummary(", "StopOnDivergedLoss(", "SaveOnInterrupt(")
     assert not [name for name in built if name in training], "train() adds a callback the config does not declare"
-
-
-def test_the_fused_launchers_config_is_a_dataclass_in_the_config_store():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=fused"], return_hydra_config=True)
-    assert cfg.hydra.launcher._target_ == "hydra_plugins.fashion_mnist_softmax_sweeps.fused_launcher.FusedLauncher"
-    assert not (ROOT / "conf" / "hydra" / "launcher").exists(), "no YAML file beside the registered dataclass"
-    node = ConfigStore.instance().load("hydra/launcher/fused.yaml").node
-    assert OmegaConf.get_type(node).__name__ == "FusedLauncherConf"

@@ -11,15 +11,15 @@ import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from sweep_runs import job_dirs, run_multirun
 
 from fashion_mnist_softmax.run.checkpoints import load_model
 from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, read_metrics
 from fashion_mnist_softmax.run.training import train
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV
+from fashion_mnist_softmax.sweep_summary import SUMMARY_CSV
 
-from conftest import run_script, tiny_overrides
+from helpers import run_script, tiny_overrides
+from sweep_runs import job_dirs, run_multirun
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 

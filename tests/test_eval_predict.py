@@ -23,7 +23,7 @@ from fashion_mnist_softmax.run.evaluation import evaluate
 from fashion_mnist_softmax.run.metrics import CONFUSION, METRICS_FILE, PREDICTIONS, TEST_ACC, TEST_LOSS, read_metrics
 from fashion_mnist_softmax.run.prediction import PREDICTIONS_FILE, predict
 
-from conftest import assert_no_empty_files, run_script, tiny_overrides
+from helpers import assert_no_empty_files, run_script, tiny_overrides
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

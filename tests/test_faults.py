@@ -24,7 +24,7 @@ from PIL import Image
 from fashion_mnist_softmax.run.metrics import TEST_ACC, VAL_ACC_BEST, read_metrics
 from fashion_mnist_softmax.run.prediction import predict
 
-from conftest import ROOT, run_script, tiny_overrides
+from helpers import ROOT, run_script, tiny_overrides
 
 
 def fingerprint(folder: Path) -> dict[str, str]:

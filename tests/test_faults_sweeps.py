@@ -14,9 +14,9 @@ import yaml
 
 from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, VAL_ACC_BEST, read_metrics
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV, SUMMARY_MD
+from fashion_mnist_softmax.sweep_summary import SUMMARY_CSV, SUMMARY_MD
 
-from conftest import run_script, tiny_overrides
+from helpers import run_script, tiny_overrides
 
 LAUNCHERS = {  # the basic launcher sweeps both impls too: jobs 0 and 1 diverge
     "basic": ["impl=scratch,concise"],

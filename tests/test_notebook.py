@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 
 NOTEBOOK = ROOT / "notebooks" / "softmax_regression.ipynb"
 

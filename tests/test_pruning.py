@@ -7,12 +7,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sweep_runs import job_dirs
 
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, STATUS, TEST_ACC, VAL_ACC, VAL_ACC_BEST, read_metrics
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD
+from fashion_mnist_softmax.sweep_summary import SUMMARY_MD
 
-from conftest import run_script, tiny_overrides
+from helpers import run_script, tiny_overrides
+from sweep_runs import job_dirs
 
 EPOCHS, TRIALS = 3, 4
 # a seeded random search over a wide range of learning rates: its first trial completes, and the median pruner

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPTS = {"train.py": "train", "eval.py": "eval", "predict.py": "predict"}
 README = ROOT / "README.md"

@@ -4,7 +4,7 @@ import pytest
 
 from fashion_mnist_softmax.run.training import train
 
-from conftest import needs_real_data
+from helpers import needs_real_data
 
 SEED_TEST_ACC = {"scratch": 0.827, "concise": 0.822}
 

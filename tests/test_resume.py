@@ -40,9 +40,9 @@ from fashion_mnist_softmax.run.metrics import (
 )
 from fashion_mnist_softmax.run.run_dirs import hydra_value
 from fashion_mnist_softmax.run.training import train
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV, SUMMARY_MD
+from fashion_mnist_softmax.sweep_summary import SUMMARY_CSV, SUMMARY_MD
 
-from conftest import ROOT, run_script, tiny_overrides
+from helpers import ROOT, run_script, tiny_overrides
 
 # batch size 1: 448 steps an epoch, long enough to land a signal in the middle of the second one
 STEPS_PER_EPOCH, EPOCHS = 448, 2

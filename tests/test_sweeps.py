@@ -14,14 +14,14 @@ import optuna
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from sweep_runs import job_dirs, run_multirun
 
 from fashion_mnist_softmax.run.failures import ERROR_FILE
-from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, VAL_ACC, VAL_ACC_BEST, read_metrics
 from fashion_mnist_softmax.run.training import train
-from fashion_mnist_softmax.sweeps.summary import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, read_jobs, write_summary
+from fashion_mnist_softmax.sweep_summary import SEEDS_CSV, SUMMARY_CSV, SUMMARY_MD, read_jobs, write_summary
 
-from conftest import ROOT
+from helpers import ROOT
+from sweep_runs import job_dirs, run_multirun
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
@@ -118,8 +118,9 @@ def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> 
     assert len(set(lrs)) == 2, "the resumed study drew a new trial, not the first one again"
     assert [r["trial"] for r in _read_csv(second / SUMMARY_CSV)] == ["1"]
     assert [r["trial"] for r in _read_csv(first / SUMMARY_CSV)] == ["0"]
-    # without a pruner (hydra/sweeper/pruner=nop, the default) a job is not told its trial: it runs as before
-    assert all(read_metrics(j)["hparams"]["trial"] is None for j in jobs)
+    # without a pruner (hydra/sweeper/pruner=nop, the default) a job still reports its val/acc to its trial
+    for trial, job in zip(study.trials, jobs, strict=True):
+        assert trial.intermediate_values == {1: pytest.approx(read_metrics(job)["history"][0][VAL_ACC])}
     assert "1 new trial: 1 completed, 0 pruned, 0 failed" in result.stdout
     assert result.stdout.splitlines()[-1].endswith(f"1 job (1 ok) in {second}; summary: {second / SUMMARY_MD}")
     assert not [p for p in second.rglob("*") if p.is_file() and p.stat().st_size == 0], "an empty file"
@@ -180,6 +181,6 @@ def test_a_study_that_optuna_2_stored_resumes_after_its_storage_is_upgraded(tmp_
 def test_the_sweepers_search_space_syntax_gives_current_optuna_distributions(line, expected):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra_plugins.fashion_mnist_softmax_sweeps._optuna import distribution
+    from hydra_plugins.hydra_optuna_pruning_sweeper._impl import distribution
 
     assert distribution(OverridesParser.create().parse_overrides([line])[0]) == expected

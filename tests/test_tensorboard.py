@@ -44,7 +44,7 @@ from fashion_mnist_softmax.run.metrics import (
     read_metrics,
 )
 
-from conftest import run_script, tiny_overrides
+from helpers import run_script, tiny_overrides
 
 LRS = (0.1, 0.3)
 FIGURES = (SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import assert_no_empty_files, run_in_terminal, run_script
+from helpers import assert_no_empty_files, run_in_terminal, run_script
 
 NOISE = ("💡", "litlogger", "already configured with model summary", "LeafSpec", "FLOPs", "GPU available", "Traceback")
 

@@ -144,16 +144,6 @@ class PathsConfig:
 
 
 @dataclass
-class TrialConfig:
-    """The Optuna trial that a job of a pruned search reports to, set by the sweeper for each job."""
-
-    number: int = MISSING
-    study_name: str = MISSING
-    storage: Optional[str] = None  # None: the sweeper's in-memory study, reached in its own process
-    pruner: Any = None  # the study's pruner (hydra/sweeper/pruner), which decides for the job
-
-
-@dataclass
 class TrainConfig:
     """``conf/train.yaml``. ``optim`` and ``scheduler`` are checked against the schema of their ``_target_``."""
 
@@ -169,7 +159,6 @@ class TrainConfig:
     logger: Any = None
     callbacks: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
-    trial: Optional[TrialConfig] = None
 
 
 @dataclass

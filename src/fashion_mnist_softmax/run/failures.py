@@ -30,6 +30,13 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def is_pruned(error: BaseException) -> bool:
+    """Whether ``error`` is ``optuna.TrialPruned``, a pruned job's word to its search's sweeper, not a failure
+    (where Optuna is not loaded, no job was pruned)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(error, optuna.TrialPruned)
+
+
 def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "") -> JobFailed:
     """Record a failed job of a multirun: its reason in ``<job dir>/error.txt`` and on stderr; the
     :class:`JobFailed` that Hydra's launchers and sweepers take as the job's failure."""
@@ -127,6 +134,8 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
                 check_config(cfg, app)
             return fn(cfg)
         except Exception as e:
+            if is_pruned(e):  # its search stopped it: not a failure, and its sweeper's to tell
+                raise
             if not in_multirun():
                 if isinstance(e, UserError):
                     refuse(e)

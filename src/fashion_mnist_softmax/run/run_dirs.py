@@ -50,11 +50,11 @@ def _given(config: DictConfig, key: str) -> bool:
 
 def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
     """Check ``config`` and give it a dir of its own: ``kind`` is "run" or "sweep"."""
-    if kind == "run" and "optuna" in str(config.hydra.sweeper.get("_target_", "")):
+    choices = config.hydra.runtime.choices
+    if kind == "run" and (search := choices.get("hparams_search")):
         raise UserError(
-            "An Optuna search (hparams_search=optuna, or hydra/sweeper=optuna) runs with -m: python train.py -m "
-            "hparams_search=optuna. Without -m, train.py would train one run of the search's base config and search "
-            "nothing."
+            f"A search (hparams_search={search}) runs with -m: python train.py -m hparams_search={search}. Without -m, "
+            f"train.py would train one run of the search's base config and search nothing."
         )
     if kind == "run" and app in APPS:
         check_config(config, app)

@@ -25,8 +25,8 @@ from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command
 from fashion_mnist_softmax.run.history import EpochSummary, run_metrics, test_line
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
-from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_MD, write_summary
+from fashion_mnist_softmax.run.pruning import ReportToTrial
+from fashion_mnist_softmax.sweep_summary import SUMMARY_MD, write_summary
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -46,7 +46,7 @@ def finish_loggers(loggers: Sequence[Logger], status: str) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics.
 
-    A job of a search whose pruner stopped it (:mod:`~fashion_mnist_softmax.sweeps.pruning`) is not tested."""
+    A job of a search whose pruner stopped it (:mod:`~fashion_mnist_softmax.run.pruning`) is not tested."""
     console.quiet()
     run_dir = Path(cfg.paths.output_dir)
     callbacks = instantiate_all(cfg.get("callbacks"))  # conf/callbacks/always.yaml: what every run has

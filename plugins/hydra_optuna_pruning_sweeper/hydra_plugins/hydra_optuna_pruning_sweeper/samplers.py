@@ -1,14 +1,14 @@
-"""Optuna searches that resume with new trials (``conf/hydra/sweeper/sampler/resumable_tpe.yaml``)."""
+"""Samplers for searches that resume: a study run again draws new trials, not the ones it drew before."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import optuna
-
 
 def trials_stored(storage: str | None, study_name: str | None) -> int:
     """How many trials a stored study holds; 0 for a new or in-memory study."""
+    import optuna  # Hydra imports this module when it looks for plugins: Optuna loads once a search starts
+
     if not storage or not study_name:
         return 0
     try:
@@ -17,6 +17,8 @@ def trials_stored(storage: str | None, study_name: str | None) -> int:
         return 0
 
 
-def tpe_sampler(seed: int, storage: str | None = None, study_name: str | None = None, **kwargs: Any):
+def tpe_sampler(seed: int, storage: str | None = None, study_name: str | None = None, **kwargs: Any) -> Any:
     """A TPE sampler seeded with ``seed`` plus the trials already stored, so that a resumed study draws new ones."""
+    import optuna
+
     return optuna.samplers.TPESampler(seed=seed + trials_stored(storage, study_name), **kwargs)

@@ -1,11 +1,10 @@
-"""``hydra/sweeper=optuna`` (``conf/hparams_search/optuna.yaml``): an Optuna search on Optuna's ask-and-tell API.
+"""``hydra/sweeper=optuna``: an Optuna search on Optuna's ask-and-tell API, for any Hydra app.
 
 It takes the keys of Hydra's own Optuna sweeper (``params`` in its ``choice``, ``range``, ``interval`` and
 ``tag(log, ...)`` syntax, ``sampler``, ``direction``, ``storage``, ``study_name``, ``n_trials``, ``n_jobs``,
-``max_failure_rate``) and runs on current Optuna. With a ``pruner``, each job reports its ``val/acc`` to its trial
-after every epoch, and a trial the pruner stops ends PRUNED (``fashion_mnist_softmax/sweeps/pruning.py``). A
-search goes on past failed trials, which Optuna records as FAIL, and ends in one line and status 1 if any trial
-failed, once its summary is written; completed and pruned trials end it with status 0.
+``max_failure_rate``) and runs on current Optuna. With a ``pruner``, a job reports to its trial
+(:func:`~hydra_plugins.hydra_optuna_pruning_sweeper.trial`) and raises ``optuna.TrialPruned`` when the pruner stops
+it; the trial ends PRUNED. Failed trials are recorded as FAIL.
 """
 
 from __future__ import annotations
@@ -38,6 +37,6 @@ class OptunaSweeper(Sweeper):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def sweep(self, arguments: list[str]) -> None:
-        from . import _optuna  # Optuna, only when a search runs
+        from . import _impl  # Optuna, only when a search runs
 
-        _optuna.sweep(self, arguments)
+        _impl.sweep(self, arguments)

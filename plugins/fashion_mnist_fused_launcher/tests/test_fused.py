@@ -20,16 +20,12 @@ import optuna
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from logger_stores import Logged, mlflow_runs, wandb_run
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationKeyError
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.fused import jobs as fused_jobs
-from fashion_mnist_softmax.fused.jobs import why_not_fused
-from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
 from fashion_mnist_softmax.run.evaluation import evaluate
 from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import (
@@ -54,10 +50,14 @@ from fashion_mnist_softmax.run.metrics import (
 )
 from fashion_mnist_softmax.run.prediction import predict
 from fashion_mnist_softmax.run.training import train
-from fashion_mnist_softmax.sweeps.summary import SUMMARY_CSV, SUMMARY_MD
-from hydra_plugins.fashion_mnist_softmax_sweeps._core import _crossing
+from fashion_mnist_softmax.sweep_summary import SUMMARY_CSV, SUMMARY_MD
+from hydra_plugins.fashion_mnist_fused_launcher import jobs as fused_jobs
+from hydra_plugins.fashion_mnist_fused_launcher._core import _crossing
+from hydra_plugins.fashion_mnist_fused_launcher.jobs import why_not_fused
+from hydra_plugins.fashion_mnist_fused_launcher.population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
 
-from conftest import ROOT, run_script, tiny_overrides
+from helpers import ROOT, run_script, tiny_overrides
+from logger_stores import Logged, mlflow_runs, wandb_run
 
 FIGURES = (SAMPLES, WEIGHTS, CURVES, CONFUSION, PREDICTIONS)
 
@@ -377,7 +377,7 @@ def test_a_machine_without_the_devices_a_group_asks_for_fails_each_of_its_jobs(t
 
     monkeypatch.setattr(fused_jobs, "check_machine", no_gpu)
     cfgs = [OmegaConf.to_container(tiny_cfg(f"seed={seed}"), resolve=True) for seed in (1, 2)]
-    assert fused_jobs.train_group(cfgs) == [refused, refused]
+    assert fused_jobs.train_group(cfgs, [{}, {}]) == [refused, refused]
 
 
 def test_devices_auto_fuses_on_one_gpu_and_runs_alone_on_several(tiny_cfg, monkeypatch):
@@ -562,7 +562,7 @@ def test_a_job_whose_config_does_not_resolve_or_is_refused_runs_alone_and_fails_
 def test_a_composition_worker_that_dies_stops_the_sweep_instead_of_leaving_the_others_waiting(tmp_path):
     script = """if True:
         import os, sys
-        from hydra_plugins.fashion_mnist_softmax_sweeps import _core
+        from hydra_plugins.fashion_mnist_fused_launcher import _core
         assert "torch" not in sys.modules  # else the jobs are composed in this process, with no worker to die
 
         def compose(launcher, overrides, idx):

@@ -1,4 +1,4 @@
-"""``hydra/launcher=fused``: a Hydra launcher that trains a sweep's jobs together (``fashion_mnist_softmax.fused``).
+"""``hydra/launcher=fused``: a Hydra launcher that trains a sweep's jobs of fashion-mnist-softmax together.
 
 It takes each batch of jobs the sweeper hands it, the basic sweeper's whole grid or Optuna's batches of
 ``hydra.sweeper.n_jobs`` trials, and groups the jobs whose configs are equal but for each member's lr,
@@ -11,6 +11,7 @@ each as a job of submitit's executor, all at once; the job dirs are made, and th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +21,25 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a SLURM or taskset allocation sets it): a fused sweep
+    has a composition worker, and a painter, for each."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class FusedLauncher(Launcher):
+    composes_every_job_first = True  # what a sweeper's check of a batch would do again (hydra/sweeper=grid)
+
     def __init__(self, executor: str | None = None, **settings: Any) -> None:
         self.executor, self.settings = executor, settings  # submitit's, when groups run as its jobs
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
+
+    @property
+    def runs_jobs_in_process(self) -> bool:
+        """Whether the jobs run in the sweeper's process (an Optuna search's in-memory study reaches them)."""
+        return self.executor is None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function

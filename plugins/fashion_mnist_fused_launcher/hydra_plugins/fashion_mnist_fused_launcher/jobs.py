@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.utils import env_override
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger
@@ -38,8 +39,6 @@ from fashion_mnist_softmax.config.checks import check_machine
 from fashion_mnist_softmax.config.schema import DataConfig, ScratchSGDConfig, SGDConfig
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
-from fashion_mnist_softmax.fused.cores import usable_cores
-from fashion_mnist_softmax.fused.population import FusedDataModule, FusedSoftmaxRegression
 from fashion_mnist_softmax.models import MODELS
 from fashion_mnist_softmax.models.classifier import Classifier
 from fashion_mnist_softmax.run.checkpoints import save_weights
@@ -63,9 +62,11 @@ from fashion_mnist_softmax.run.metrics import (
     WEIGHTS,
 )
 from fashion_mnist_softmax.run.progress import ParameterSummary
+from fashion_mnist_softmax.run.pruning import ReportToTrial, objective
 from fashion_mnist_softmax.run.training import finish_loggers, instantiate_all, sweep_stopped
-from fashion_mnist_softmax.sweeps.pruning import ReportToTrial
-from fashion_mnist_softmax.sweeps.trials import objective
+
+from .fused_launcher import usable_cores
+from .population import FusedDataModule, FusedSoftmaxRegression
 
 # what the members of one group may differ in; every other key of their configs must be equal
 MEMBER_KEYS = (
@@ -416,9 +417,9 @@ def _interrupted(members: list[Member], max_epochs: int) -> None:
     sweep_stopped("")
 
 
-def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
+def train_group(cfgs: list[dict[str, Any]], envs: list[dict[str, str]]) -> list[float | Exception]:
     """Train the resolved configs of one group's jobs together; write each job's outputs; return each job's
-    ``val/acc_best`` (:class:`~fashion_mnist_softmax.sweeps.trials.Pruned` if its trial was pruned), or the
+    ``val/acc_best`` (``optuna.TrialPruned`` if its trial was pruned), or the
     :class:`UserError` it failed with."""
     console.quiet()
     results: list[float | UserError] = [UserError("not trained")] * len(cfgs)
@@ -440,7 +441,10 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
                 optimizer=impl["optimizer"], scheduler=impl["scheduler"]
             )
     figs: dict[str, Any] = {}  # drawn for the first member, redrawn in place for the others
-    members = [Member(cfgs[i], k, models[cfgs[i]["impl"]["_target_"]], figs) for k, i in enumerate(order)]
+    members = []
+    for k, i in enumerate(order):
+        with env_override(envs[i]):  # as Hydra runs a lone job: its callbacks may read it (an Optuna trial)
+            members.append(Member(cfgs[i], k, models[cfgs[i]["impl"]["_target_"]], figs))
     data = {k: v for k, v in base["data"].items() if k not in ("_target_", "shuffle_seed")}
     with _painting(members):
         datamodule = FusedDataModule(sorted({shuffle_seed(i) for i in order}), **data)
@@ -501,5 +505,8 @@ def train_group(cfgs: list[dict[str, Any]]) -> list[float | UserError]:
                 )
             finish_loggers(member.loggers, "success")
             write_json_atomic(Path(member.cfg["paths"]["output_dir"]) / METRICS_FILE, metrics)
-            results[i] = objective(metrics)
+            try:
+                results[i] = objective(metrics)
+            except Exception as e:  # optuna.TrialPruned: its trial was pruned
+                results[i] = e
         return results

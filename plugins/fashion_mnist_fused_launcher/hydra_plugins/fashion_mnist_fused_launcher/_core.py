@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
@@ -30,10 +30,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.fused.cores import usable_cores
-from fashion_mnist_softmax.run.failures import composition_error, job_failed
+from fashion_mnist_softmax.run.failures import composition_error, is_pruned, job_failed
 
-from .fused_launcher import FusedLauncher
+from .fused_launcher import usable_cores
+
+if TYPE_CHECKING:
+    from .fused_launcher import FusedLauncher
 
 log = logging.getLogger(__name__)
 UNRESOLVED = "its config does not resolve, or is refused"
@@ -142,6 +144,13 @@ def _executor(launcher: FusedLauncher) -> Any:
     return executor
 
 
+def _group(members: list[_Job]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """What ``train_group`` takes: the jobs' resolved configs, and the environment each job runs in
+    (``hydra.job.env_set``, which Hydra sets around a job's task)."""
+    envs = [OmegaConf.to_container(job.config.hydra.job.env_set, resolve=True) for job in members]
+    return [job.resolved for job in members], envs
+
+
 def _outcomes(
     launcher: FusedLauncher, executor: Any, groups: list[list[_Job]], train_group: Callable[..., list[Any]]
 ) -> Iterator[list[Any]]:
@@ -153,11 +162,11 @@ def _outcomes(
             # the jobs' compositions and an earlier group's trainer, model and data sit in reference cycles: freed
             # before this group loads its data
             gc.collect()
-            yield _outcome(functools.partial(train_group, [job.resolved for job in members]), len(members))
+            yield _outcome(functools.partial(train_group, *_group(members)), len(members))
         return
     for members in groups:
         _start(launcher, members)
-    submitted = [executor.submit(train_group, [job.resolved for job in members]) for members in groups]
+    submitted = [executor.submit(train_group, *_group(members)) for members in groups]
     ids = ", ".join(group_job.job_id for group_job in submitted)
     log.info(
         f"Submitted the groups to submitit's {launcher.executor} executor as jobs {ids}: logs in {executor.folder}"
@@ -293,7 +302,7 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     for idx, overrides in numbered:
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
     wait_for_jobs = _start_jobs(launcher, numbered)
-    from fashion_mnist_softmax.fused.jobs import group_key, train_group, why_not_fused  # torch, meanwhile
+    from .jobs import group_key, train_group, why_not_fused  # torch, meanwhile
 
     # what is alive now (Hydra, torch, Lightning: hundreds of thousands of objects) outlives the launch: it is left
     # out of the collections until the launch ends, which then take milliseconds, not a tenth of a second each (not
@@ -330,7 +339,9 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
             for job, outcome in zip(members, outcomes, strict=True):
                 HydraConfig.instance().set_config(job.config)
                 num = job.config.hydra.job.num
-                if isinstance(outcome, Exception):
+                if is_pruned(outcome):  # its sweeper's to tell, as a lone job's TrialPruned is
+                    job.ret.return_value, job.ret.status = outcome, JobStatus.FAILED
+                elif isinstance(outcome, Exception):
                     failure = job_failed(outcome, job.resolved["paths"]["output_dir"], num)
                     job.ret.return_value, job.ret.status = failure, JobStatus.FAILED
                 else:

@@ -3,9 +3,9 @@ same grid and batches, going on past each job that failed in the project's way.
 
 Such a job said why on the console and in its ``error.txt``; Hydra's basic sweeper would stop the sweep at its
 batch's end, print it again with its overrides, and add a stack-trace tip. Here it is handed to the sweeper as
-ended; ``summary.md`` lists it, and the multirun ends with status 1 (``fashion_mnist_softmax/sweeps/summary.py``).
+ended; ``summary.md`` lists it, and the multirun ends with status 1 (``fashion_mnist_softmax/sweep_summary.py``).
 A job that failed before it could say why (its config could not be composed) still stops the sweep, as in Hydra.
-Under the fused launcher, which composes every job of a batch before it trains any, a batch is composed once.
+Under a launcher that composes every job of a batch before it runs any, a batch is composed once.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
-
-from .fused_launcher import FusedLauncher
 
 ERROR_FILE = "error.txt"  # fashion_mnist_softmax.run.failures.ERROR_FILE, without importing the project at scan
 
@@ -52,6 +50,6 @@ class GridSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Compose each job of the batch, so that a job that cannot be composed stops the sweep before any job
-        runs; the fused launcher composes every job before it trains any, so its batch is composed once."""
-        if not isinstance(self.launcher.launcher, FusedLauncher):
+        runs; unless the launcher says that it composes every job before it runs any (the fused launcher does)."""
+        if not getattr(self.launcher.launcher, "composes_every_job_first", False):
             super().validate_batch_is_legal(batch)

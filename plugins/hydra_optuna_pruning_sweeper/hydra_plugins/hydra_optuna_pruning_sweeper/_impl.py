@@ -1,34 +1,32 @@
-"""The Optuna sweeper's work, imported when a search starts: Optuna's ask-and-tell loop around Hydra's launcher.
+"""The sweeper's work, imported when a search starts: Optuna's ask-and-tell loop around Hydra's launcher.
 
-Each batch of ``n_jobs`` trials is asked of the study, launched as one batch of jobs (so that the fused
-launcher trains it as one population), and told: a job's return value completes its trial, a pruned job's
-(:class:`~fashion_mnist_softmax.sweeps.trials.Pruned`) prunes it, a failed job FAILs it. The study lives in
-``storage`` (sqlite: a search resumes, and several commands share one study). With a pruner, each job is told
-its trial in its config (``trial``), to report to it.
+Each batch of ``n_jobs`` trials is asked of the study, launched as one batch of jobs, and told: a job's return
+value completes its trial, a job that raised ``optuna.TrialPruned`` prunes it, any other failure FAILs it. The
+study lives in ``storage`` (sqlite: a search resumes, and several commands share one study). Each job is told its
+trial in its environment, where :func:`~.job_trial.trial` finds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobStatus
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fashion_mnist_softmax.config.checks import invalid
-from fashion_mnist_softmax.console import refuse
-from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.sweeps.trials import STORAGES, Pruned
+from .job_trial import STUDIES, env_override
 
-from .fused_launcher import FusedLauncher
-from .optuna_sweeper import OptunaSweeper
+if TYPE_CHECKING:  # the plugin class imports this module when a search starts
+    from .optuna_sweeper import OptunaSweeper
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +67,10 @@ def search_space(params: dict[str, str], arguments: list[str]) -> tuple[dict[str
     return space, fixed
 
 
-def _value(value: Any) -> str:
-    """A plain value, or a dict of them, in Hydra's override syntax, strings quoted."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{key}:{_value(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
-
-
-def trial_override(study: optuna.Study, trial: optuna.Trial, url: str | None, pruner: dict[str, Any]) -> str:
-    """The job's ``trial`` node in Hydra's override syntax: its trial, where the study is, and its pruner."""
-    node = {"number": trial.number, "study_name": study.study_name, "storage": url, "pruner": pruner}
-    return f"trial={_value(node)}"
+def outcome(ret: JobReturn) -> Any:
+    """What a job returned, or the exception it raised: its return value read as a completed job's, which, unlike
+    a failed job's, Hydra hands over without printing the job's overrides as an error."""
+    return dataclasses.replace(ret, status=JobStatus.COMPLETED).return_value
 
 
 def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
@@ -93,19 +82,21 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     sampler = sweeper.sampler if isinstance(sweeper.sampler, optuna.samplers.BaseSampler) else None
     pruner = sweeper.pruner if isinstance(sweeper.pruner, optuna.pruners.BasePruner) else None
     prunes = pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner)
-    # the jobs run in this process: the basic launcher's, and the fused launcher's unless submitit runs its groups
-    fused_here = isinstance(launcher, FusedLauncher) and launcher.executor is None
-    in_process = type(launcher).__name__ == "BasicLauncher" or fused_here
+    # whether the jobs run in this process: Hydra's basic launcher's do, and a launcher may say that its own do
+    basic = config.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    in_process = getattr(launcher, "runs_jobs_in_process", basic)
     for key, value in (("n_trials", sweeper.n_trials), ("n_jobs", sweeper.n_jobs)):
         if value < 1:  # refused before any trial is asked or job dir made, as below
-            refuse(invalid(f"hydra.sweeper.{key}", value, "a whole number of at least 1"))
-    if prunes and not sweeper.storage and not in_process:  # refused before any trial is asked or job dir made
-        refuse(
-            UserError(
-                f"A pruned search with the {type(launcher).__name__} needs a storage: its jobs run in other processes, "
-                f"which reach their trials through the study's storage, and an in-memory study lives in this one. Add "
-                f"hydra.sweeper.storage=sqlite:///logs/optuna.db (or prune with the basic or fused launcher)."
+            raise CompactHydraException(
+                f"hydra.sweeper.{key}={value} is not valid: it must be a whole number of at least 1. Fix it on the "
+                f"command line."
             )
+    if prunes and not sweeper.storage and not in_process:  # refused before any trial is asked or job dir made
+        raise CompactHydraException(
+            f"A pruned search with the {type(launcher).__name__} needs a storage: its jobs run in other processes, "
+            f"which reach their trials through the study's storage, and an in-memory study lives in this one. Add "
+            f"hydra.sweeper.storage=sqlite:///logs/optuna.db (or prune with a launcher that runs the jobs in this "
+            f"process)."
         )
     storage = optuna.storages.get_storage(sweeper.storage) if sweeper.storage else optuna.storages.InMemoryStorage()
     study = optuna.create_study(
@@ -116,15 +107,15 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
         direction=sweeper.direction,
         load_if_exists=True,
     )
-    STORAGES[study.study_name] = storage  # for the jobs that run in this process
-    pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
+    STUDIES[study.study_name] = storage  # for the jobs that run in this process
+    pruner_config = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True) if prunes else None
     log.info(f"Study {study.study_name} in {sweeper.storage or 'memory'}: {sweeper.n_trials} new trials")
     sweep_dir, job_idx, failed, pruned = Path(config.hydra.sweep.dir), 0, 0, 0
     while job_idx < sweeper.n_trials:
         trials = [study.ask(space) for _ in range(min(sweeper.n_jobs, sweeper.n_trials - job_idx))]
         overrides = [
             [f"{key}={value}" for key, value in {**trial.params, **fixed}.items()]
-            + ([trial_override(study, trial, sweeper.storage, pruner_config)] if prunes else [])
+            + [env_override(study.study_name, sweeper.storage, trial.number, pruner_config)]
             for trial in trials
         ]
         try:
@@ -135,11 +126,11 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
             raise
         job_idx += len(returns)
         for trial, ret in zip(trials, returns, strict=True):
-            value = ret.return_value if ret.status == JobStatus.COMPLETED else None  # None: no validation ran
-            if isinstance(value, Pruned):
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last reported val/acc
+            value = outcome(ret)
+            if isinstance(value, optuna.TrialPruned):
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its last reported value
                 pruned += 1
-            elif value is not None:
+            elif ret.status == JobStatus.COMPLETED and value is not None:  # None: no validation ran
                 study.tell(trial, float(value))
             else:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)

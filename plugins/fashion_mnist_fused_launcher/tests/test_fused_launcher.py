@@ -1,0 +1,48 @@
+"""The launcher as a Hydra plugin: found by Hydra, configured by a dataclass, and passing Hydra's own launcher test
+suites, whose apps are not the project's train.py: each of their jobs runs alone, as under the basic launcher."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, IntegrationTestSuite, LauncherTestSuite
+from omegaconf import OmegaConf
+
+from hydra_plugins.fashion_mnist_fused_launcher.fused_launcher import FusedLauncher
+
+from helpers import ROOT
+
+
+def test_discovery():
+    assert FusedLauncher.__name__ in [cls.__name__ for cls in Plugins.instance().discover(Launcher)]
+
+
+@pytest.mark.usefixtures("hydra_restore_singletons")  # Hydra's version base, set by the composition, goes back
+def test_the_config_is_a_dataclass_in_the_config_store():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=fused"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.fashion_mnist_fused_launcher.fused_launcher.FusedLauncher"
+    assert not (ROOT / "conf" / "hydra" / "launcher").exists(), "no YAML file beside the registered dataclass"
+    node = ConfigStore.instance().load("hydra/launcher/fused.yaml").node
+    assert OmegaConf.get_type(node).__name__ == "FusedLauncherConf"
+
+
+@pytest.mark.parametrize(("launcher_name", "overrides"), [("fused", [])])
+class TestFusedLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(("launcher_name", "overrides"), [("fused", ["hydra.sweeper.max_batch_size=2"])])
+class TestFusedLauncherInBatches(BatchedSweeperTestSuite):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("task_launcher_cfg", "extra_flags"),
+    [({}, ["-m", "hydra/job_logging=hydra_debug", "hydra/job_logging=disabled", "hydra/launcher=fused"])],
+)
+class TestFusedLauncherIntegration(IntegrationTestSuite):
+    pass

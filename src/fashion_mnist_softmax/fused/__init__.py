@@ -1,1 +1,0 @@
-"""Fused sweeps (hydra/launcher=fused): a sweep's jobs trained together as one population. Opt-in."""

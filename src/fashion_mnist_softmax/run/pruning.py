@@ -1,0 +1,49 @@
+"""A search's job and its Optuna trial: ``val/acc`` reported after each validation, a stop when the trial is pruned.
+
+The trial comes from the search's sweeper (``conf/hparams_search/optuna.yaml`` gives it to :class:`ReportToTrial`).
+A pruned job keeps its checkpoints and logs, writes ``metrics.json`` with the epochs it trained and the status
+``pruned``, skips testing, and raises ``optuna.TrialPruned`` (:func:`objective`), which its sweeper tells Optuna.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+
+from fashion_mnist_softmax.run.history import fit_validation
+from fashion_mnist_softmax.run.metrics import PRUNED, STATUS, VAL_ACC, VAL_ACC_BEST
+
+
+class ReportToTrial(L.Callback):
+    """Reports ``val/acc`` to the job's Optuna trial after each validation of the fit, and stops a pruned job at the
+    end of that epoch. Without a trial (a run outside a search) it does nothing."""
+
+    def __init__(self, trial: Any = None) -> None:
+        self.trial = trial  # an optuna.trial.Trial
+        self.pruned_at: int | None = None  # the epoch after which the trial was pruned
+
+    def should_prune(self, value: float, epoch: int) -> bool:
+        """Report ``value`` at ``epoch`` to the trial; whether the study's pruner stops the trial there."""
+        if self.trial is None:
+            return False
+        self.trial.report(value, epoch)
+        return self.trial.should_prune()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.trial is None or not fit_validation(trainer):
+            return
+        epoch = trainer.current_epoch + 1
+        prune = trainer.is_global_zero and self.should_prune(float(trainer.callback_metrics[VAL_ACC]), epoch)
+        if trainer.strategy.broadcast(prune, src=0):  # every rank stops, and skips testing, together
+            self.pruned_at, trainer.should_stop = epoch, True
+
+
+def objective(metrics: Mapping[str, Any]) -> float:
+    """A job's return value for its sweeper: ``val/acc_best``; a pruned job raises ``optuna.TrialPruned``."""
+    if metrics.get(STATUS) == PRUNED:
+        import optuna  # a search's job: Optuna is there
+
+        raise optuna.TrialPruned(f"pruned after epoch {len(metrics['history'])}")
+    return metrics[VAL_ACC_BEST]

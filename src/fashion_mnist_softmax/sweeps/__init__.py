@@ -1,1 +1,0 @@
-"""What a multirun adds: the sweep's summary and the Optuna sampler."""
