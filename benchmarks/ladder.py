@@ -23,8 +23,8 @@ from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, InMemoryFas
 from fashion_mnist_softmax.data.fashion_mnist import load_split
 from fashion_mnist_softmax.models.concise import ConciseSoftmaxRegression
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, StopOnDivergedLoss
-from fashion_mnist_softmax.run.history import EpochSummary
 from fashion_mnist_softmax.run.progress import EpochProgressBar
+from fashion_mnist_softmax.run.record import EpochSummary
 
 EPOCHS, BATCH_SIZE, LR = 5, 256, 0.1
 

@@ -48,7 +48,8 @@ def _test_in_one_process(job: Path) -> dict[str, float]:
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, use_distributed_sampler=False
     )
-    return trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
 
 
 def test_ddp_multirun_with_synced_metrics(tmp_path: Path, fake_archives: Path) -> None:

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from fashion_mnist_softmax.models.classifier import accuracy
 from fashion_mnist_softmax.models.concise import ConciseSoftmaxRegression
-from fashion_mnist_softmax.models.scratch import SGD, ScratchSoftmaxRegression, accuracy, cross_entropy, sgd, softmax
-from fashion_mnist_softmax.run.history import EpochSummary
+from fashion_mnist_softmax.models.scratch import SGD, ScratchSoftmaxRegression, cross_entropy, sgd, softmax
+from fashion_mnist_softmax.run.record import EpochSummary
 from fashion_mnist_softmax.run.training import train
 
 SGD_CONFIG = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
@@ -36,7 +37,7 @@ def test_accuracy_matches_torchmetrics():
     torch.manual_seed(1)
     logits, y = torch.randn(200, 10), torch.randint(0, 10, (200,))
     expected = multiclass_accuracy(logits, y, num_classes=10, average="micro").item()
-    assert accuracy(logits, y) == pytest.approx(expected)
+    assert float(accuracy(logits, y)) == pytest.approx(expected)
 
 
 def test_stable_where_the_chapters_formula_overflows():
@@ -229,7 +230,9 @@ def test_a_short_last_batch_weighs_what_it_holds(tiny_cfg, impl):
     # chapter's Accumulator sums it, not the mean of the three batch means.
     cfg = tiny_cfg(f"impl={impl}", "data.batch_size=48")
     model, datamodule = instantiate(cfg.impl), instantiate(cfg.data)
-    (logged,) = L.Trainer(**QUIET).test(model, datamodule=datamodule, verbose=False)
+    trainer = L.Trainer(**QUIET)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     losses = [F.cross_entropy(model(x), y, reduction="none") for x, y in datamodule.test_dataloader()]
     assert [len(batch) for batch in losses] == [48, 48, 32]
     assert logged["test/loss"] == pytest.approx(torch.cat(losses).mean().item(), abs=1e-6)

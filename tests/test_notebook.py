@@ -25,9 +25,11 @@ def test_the_notebook_runs_and_shows_the_chapters_numbers_and_figures(fake_archi
     outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
-    assert "(tensor(1.4979), 0.5)" in text  # the chapter's cross-entropy example
+    assert "(tensor(1.4979), tensor(0.5000))" in text  # the chapter's cross-entropy example
     losses = [float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith("step ")]
     assert len(losses) == 5 and losses[-1] < losses[0]  # SGD by hand lowers the batch's loss
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split(",")[0] for line in epochs] == ["epoch 1", "epoch 2"] * 2  # the chapter's line, per model
     tested = dict(line.split(": ", 1) for line in text.splitlines() if "test accuracy" in line)
     assert tested.keys() == {"scratch", "concise"}
     assert tested["scratch"] == tested["concise"]  # scratch ≡ concise: test accuracy and loss to 4 digits

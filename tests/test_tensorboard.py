@@ -36,6 +36,7 @@ from fashion_mnist_softmax.run.metrics import (
     TRAIN_EPOCH_TIME,
     TRAIN_LOSS,
     TRAIN_LOSS_STEP,
+    TRAIN_LR,
     TRAIN_THROUGHPUT,
     VAL_ACC,
     VAL_ACC_BEST,
@@ -49,7 +50,7 @@ from helpers import run_script, tiny_overrides
 LRS = (0.1, 0.3)
 FIGURES = (SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES)
 SCALARS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_ACC_BEST, TEST_ACC, TEST_LOSS)
-SCALARS += (TRAIN_LOSS_STEP, TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT, "lr-SGD")
+SCALARS += (TRAIN_LOSS_STEP, TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT, TRAIN_LR)
 HP_METRICS = (HP_VAL_ACC_BEST, HP_TEST_ACC, HP_TEST_LOSS)
 HPARAMS = ("impl", "lr", "weight_decay", "momentum", "batch_size", "epochs", "normalize", "seed", "schedule")
 
@@ -86,7 +87,7 @@ def test_each_job_has_its_own_scalars(multirun):
         assert [e.step for e in run.Scalars(TRAIN_ACC)] == [e.step for e in run.Scalars(TRAIN_EPOCH_TIME)]
         assert all(e.value > 0 for e in run.Scalars(TRAIN_THROUGHPUT))
         assert run.Scalars(TEST_ACC)[-1].value == pytest.approx(read_metrics(multirun / job)[TEST_ACC])
-    assert events(multirun / "1").Scalars("lr-SGD")[0].value == pytest.approx(LRS[1])
+    assert events(multirun / "1").Scalars(TRAIN_LR)[0].value == pytest.approx(LRS[1])
 
 
 def test_figures_are_logged_and_saved_as_pngs(multirun):

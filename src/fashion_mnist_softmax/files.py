@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def temp_file_beside(path: Path) -> tuple[int, Path]:
@@ -18,15 +19,20 @@ def temp_file_beside(path: Path) -> tuple[int, Path]:
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temp file and a rename, so readers never see half a file."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` with ``write`` through a temp file beside it and a rename: readers never see half a file, and
+    a failed write (a full disk) leaves the file as it was."""
     path = Path(path)
     fd, tmp = temp_file_beside(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON whole or not at all."""
+    write_atomic(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))

@@ -26,6 +26,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.models.scratch import init_weights
 from fashion_mnist_softmax.run.evaluation import evaluate
 from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import (
@@ -41,6 +42,8 @@ from fashion_mnist_softmax.run.metrics import (
     TRAIN_ACC,
     TRAIN_EPOCH_TIME,
     TRAIN_LOSS,
+    TRAIN_LOSS_STEP,
+    TRAIN_LR,
     TRAIN_THROUGHPUT,
     VAL_ACC,
     VAL_ACC_BEST,
@@ -51,10 +54,10 @@ from fashion_mnist_softmax.run.metrics import (
 from fashion_mnist_softmax.run.prediction import predict
 from fashion_mnist_softmax.run.training import train
 from fashion_mnist_softmax.sweep_summary import SUMMARY_CSV, SUMMARY_MD
-from hydra_plugins.fashion_mnist_fused_launcher import jobs as fused_jobs
+from hydra_plugins.fashion_mnist_fused_launcher import _groups as fused_jobs
 from hydra_plugins.fashion_mnist_fused_launcher._core import _crossing
-from hydra_plugins.fashion_mnist_fused_launcher.jobs import why_not_fused
-from hydra_plugins.fashion_mnist_fused_launcher.population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
+from hydra_plugins.fashion_mnist_fused_launcher._groups import why_not_fused
+from hydra_plugins.fashion_mnist_fused_launcher._population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
 
 from helpers import ROOT, run_script, tiny_overrides
 from logger_stores import Logged, mlflow_runs, wandb_run
@@ -140,23 +143,24 @@ def test_eval_of_a_fused_checkpoint_gives_its_jobs_test_accuracy(fused, compose_
 def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
     args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={tmp_path / 'logs'}", "optim.lr=1e30,0.05"]
-    lr_monitor = ["+callbacks.lr_monitor._target_=lightning.pytorch.callbacks.LearningRateMonitor"]
-    lr_monitor += ["+callbacks.lr_monitor.logging_interval=epoch"]
-    result = run_script("train.py", *args, "seed=1,2", "logger=csv", *lr_monitor)
+    result = run_script("train.py", *args, "seed=1,2", "logger=csv", "trainer.log_every_n_steps=1")
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert "Launching 4 jobs as 1 fused group of 4" in result.stdout + result.stderr
     assert "the loss diverged" in " ".join(result.stderr.split())
     for job in ("0", "1"):  # lr 1e30
         assert (sweep / job / ERROR_FILE).read_text().startswith("Training stopped: the loss diverged")
         assert not (sweep / job / METRICS_FILE).exists()
-        # its loggers are finalized, as a lone run's are when it fails: what it logged before it diverged is written
+        # its loggers are finalized, as a lone run's are when it fails: what it logged before it diverged (its first
+        # step's loss; it diverged at its second) is written
         with open(sweep / job / "csv" / "metrics.csv") as f:
-            assert [(row["step"], float(row["lr-SGD"])) for row in csv.DictReader(f)] == [("0", pytest.approx(1e30))]
+            rows = [(row["step"], float(row[TRAIN_LOSS_STEP])) for row in csv.DictReader(f)]
+        assert len(rows) == 1 and rows[0][0] == "0" and 0 < rows[0][1] < 1e6
     for job in ("2", "3"):
         assert read_metrics(sweep / job)[TEST_ACC] > 0.5
         assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 14
         with open(sweep / job / "csv" / "metrics.csv") as f:
-            assert {row["epoch"] for row in csv.DictReader(f)} == {"0", "1", ""}  # "": the lr and test rows
+            assert {row["epoch"] for row in csv.DictReader(f)} == {"0", "1", ""}  # "": the test row
 
 
 def logged(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -170,7 +174,7 @@ def logged(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def assert_same_scalars(together: Logged, alone: Logged, store: str) -> None:
     """The same tags at the same steps with the same values (within the fused arithmetic's tolerance)."""
     timed = (TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT, "epoch")  # clocks, and the epoch Lightning adds to each write
-    assert together.keys() == alone.keys() and "train/loss_step" in alone and "lr-SGD" in alone, store
+    assert together.keys() == alone.keys() and {TRAIN_LOSS_STEP, TRAIN_LR} <= alone.keys(), store
     assert {VAL_ACC, TEST_ACC} <= alone.keys(), store
     for tag in alone.keys() - set(timed):
         assert [s for s, _ in together[tag]] == [s for s, _ in alone[tag]], (store, tag)
@@ -297,6 +301,15 @@ def test_a_fused_group_under_a_scheduler_takes_its_lone_runs_steps(fake_archives
             assert row_t[VAL_ACC] == pytest.approx(row_a[VAL_ACC], abs=0.002), (job, row_t["epoch"])
 
 
+def population(seeds: list[int], shuffle_seeds: list[int], lrs: list[float], **kwargs) -> FusedSoftmaxRegression:
+    """Members drawn from ``seeds`` as their lone models draw their init, training with ``lrs``."""
+    inits = []
+    for seed in seeds:
+        L.seed_everything(seed, verbose=False)
+        inits.append((init_weights(784, 10), torch.zeros(10)))
+    return FusedSoftmaxRegression(inits, [{"lr": lr} for lr in lrs], shuffle_seeds, None, [1e6] * len(seeds), **kwargs)
+
+
 def test_a_diverged_member_is_named_at_its_first_bad_batch_when_losses_are_read_in_batches(tiny_cfg):
     """check_every=4 is the accelerator's path (the losses read every few steps), run on the CPU: the member
     that diverged trains on with a NaN loss until it is read, and that reaches no other member."""
@@ -304,7 +317,7 @@ def test_a_diverged_member_is_named_at_its_first_bad_batch_when_losses_are_read_
     data.pop("_target_")
     modules = {}
     for every in (1, 4):
-        module = FusedSoftmaxRegression([1, 1], [7, 7], [1e38, 0.05], [0.0, 0.0], [0.0, 0.0], None, check_every=every)
+        module = population([1, 1], [7, 7], [1e38, 0.05], check_every=every)
         trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False)
         trainer.fit(module, datamodule=FusedDataModule([7], **data))
         assert trainer.global_step == 14 and list(module.failures) == [0] and module.alive.tolist() == [False, True]
@@ -324,10 +337,10 @@ def test_a_population_of_equal_blocks_takes_the_steps_that_a_product_per_shuffle
     k = 6
     results = []
     for path in ("_batched", "_blockwise"):
-        module = FusedSoftmaxRegression(list(range(k)), [1, 1, 2, 2, 5, 5], [0.1] * k, [0.0] * k, [0.0] * k, None)
-        losses = getattr(module, path)(images, labels)
+        module = population(list(range(k)), [1, 1, 2, 2, 5, 5], [0.1] * k)
+        losses, accuracies = getattr(module, path)(images, labels)
         losses.sum().backward()
-        results.append((losses, module.W.grad, module.b.grad, *module.epoch_metrics("train")))
+        results.append((losses, accuracies, module.W.grad, module.b.grad))
     (losses, *rest), (losses_w, *rest_w) = results
     assert losses.shape == (k,) and losses.requires_grad
     for ours, theirs in zip([losses, *rest], [losses_w, *rest_w], strict=True):
@@ -409,20 +422,24 @@ def test_sgd_options_the_fused_sgd_does_not_implement_run_alone(tiny_cfg, overri
         assert found.startswith(reason) and found.endswith("which the fused SGD does not implement"), found
 
 
-@pytest.mark.parametrize(
-    ("override", "alone"),
-    [
-        ("+callbacks.best_checkpoint.save_top_k=3", True),
-        ("callbacks.best_checkpoint.monitor=val/loss", True),
-        ("callbacks.best_checkpoint.mode=min", True),
-        ("+callbacks.best_checkpoint.save_top_k=1", False),
-    ],
-)
-def test_a_job_keeping_another_best_checkpoint_than_the_fused_one_runs_alone(tiny_cfg, override, alone):
-    """A member keeps one best checkpoint, by the highest val/acc: a job that asks for others runs alone."""
-    found = why_not_fused(OmegaConf.to_container(tiny_cfg(override), resolve=True))
-    assert (found == "a best checkpoint other than the one of the highest val/acc (monitor, mode, save_top_k)") == alone
-    assert alone or found is None
+def test_a_member_keeps_the_checkpoints_its_own_checkpoint_callback_keeps(fake_archives, tiny_cfg, tmp_path):
+    """The member's ModelCheckpoint decides, as in its lone run: here the two lowest val/loss of three epochs."""
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    kept = ["+callbacks.best_checkpoint.save_top_k=2", "callbacks.best_checkpoint.mode=min", "trainer.max_epochs=3"]
+    kept += ["callbacks.best_checkpoint.monitor=val/loss"]
+    args = ["-m", "hydra/launcher=fused", *common, *kept, f"paths.log_dir={tmp_path / 'logs'}", "optim.lr=0.05,2.0"]
+    result = run_script("train.py", *args, "test_ckpt=last")
+    assert result.returncode == 0 and "Launching 2 jobs as 1 fused group of 2" in result.stdout + result.stderr
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    for job, lr in (("0", "0.05"), ("1", "2.0")):
+        train(tiny_cfg(*kept, f"optim.lr={lr}", "test_ckpt=last", f"paths.output_dir={tmp_path / job}"))
+        names = [sorted(p.name for p in (d / "checkpoints").iterdir()) for d in (sweep / job, tmp_path / job)]
+        assert names[0] == names[1] and len(names[0]) == 3, names
+
+
+def test_a_job_checkpointing_within_epochs_runs_alone(tiny_cfg):
+    found = why_not_fused(OmegaConf.to_container(tiny_cfg("+callbacks.best_checkpoint.every_n_train_steps=5")))
+    assert found == "a checkpoint saved within epochs: a fused group runs its members' callbacks at epochs' ends"
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "64-true"])

@@ -174,12 +174,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.normalize, self.mean, self.std = state["normalize"], float(state["mean"]), float(state["std"])
 
+    def batch_sampler(self, n: int, shuffle: bool, rank: int, world_size: int) -> EpochBatchSampler:
+        """The index batches of a set of ``n`` images."""
+        return EpochBatchSampler(n, self.batch_size, shuffle, self.shuffle_seed, rank, world_size)
+
     def _loader(self, ds: InMemoryFashionMNIST, shuffle: bool) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if trainer is not None:
             ds.to(trainer.strategy.root_device)  # on a GPU: one transfer of the whole set, no per-batch copies
-        sampler = EpochBatchSampler(len(ds), self.batch_size, shuffle, self.shuffle_seed, rank, world)
+        sampler = self.batch_sampler(len(ds), shuffle, rank, world)
         return (ResumableDataLoader if shuffle else DataLoader)(ds, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,4 +1,4 @@
-"""What both softmax regressions share: the steps, one set of torchmetrics per stage, and the optimizer."""
+"""What both softmax regressions share: the steps, one loss and one accuracy metric per stage, and the optimizer."""
 
 from __future__ import annotations
 
@@ -7,12 +7,22 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 
 from fashion_mnist_softmax.data.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
 from fashion_mnist_softmax.models import MODEL_CLASS, class_path
-from fashion_mnist_softmax.run.metrics import TRAIN_LOSS_STEP, VAL_ACC_BEST
+from fashion_mnist_softmax.run.metrics import TRAIN_LR
+
+
+def beside(y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The labels with a dim of 1 for each dim of the logits they lack but the classes': (B, 1, 1) for (B, S, K, 10)."""
+    return y.reshape(*y.shape, *[1] * (logits.dim() - 1 - y.dim()))
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The fraction of rows whose largest logit is the true class (the chapter's ``accuracy``); each model's, for the
+    logits of several models side by side: (B, K, 10) with labels (B,), or (B, S, K, 10) with labels (B, S)."""
+    return (logits.argmax(dim=-1) == beside(y, logits)).float().mean(dim=0)
 
 
 def with_scheduler(optimizer: torch.optim.Optimizer, scheduler: dict[str, Any] | None) -> Any:
@@ -25,14 +35,34 @@ def with_scheduler(optimizer: torch.optim.Optimizer, scheduler: dict[str, Any] |
     }
 
 
+class EpochMean(Metric):
+    """A value's mean over an epoch's images, from each batch's mean and size, elementwise: one mean for a model,
+    one per model for a population of them (a fused sweep's)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, batch_mean: torch.Tensor, images: int) -> None:
+        self.total = self.total + batch_mean.detach().double() * images  # () or (models,): the first batch decides
+        self.images += images
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.images).float()
+
+
 class Classifier(L.LightningModule):
     """A classifier of 28×28 images into ten classes, minus the model (d2l's ``Classifier``).
 
-    Subclasses define the parameters, ``forward`` (images to logits), ``loss`` (mean cross-entropy)
-    and ``weight_templates``. The metrics accumulate on the device at every step and are handed to
-    ``self.log`` once per epoch, at its first batch: a ``self.log`` call costs more than a step here.
-    ``optimizer`` and ``scheduler`` are configs (``conf/optim/``, ``conf/scheduler/``), kept as plain
-    data so that checkpoints load weights-only; checkpoints also name the class.
+    Subclasses define the parameters, ``forward`` (images to logits), ``loss`` (mean cross-entropy), and ``weights``
+    and ``load_weights`` (W and b as the chapter writes them). The metrics accumulate on the device at every step
+    and are logged once per epoch, for the callbacks and the progress bar: the run's record
+    (:class:`~fashion_mnist_softmax.run.record.EpochSummary`) writes every scalar to the loggers, for a lone run as
+    for each member of a fused sweep. ``optimizer`` and ``scheduler`` are configs (``conf/optim/``,
+    ``conf/scheduler/``), kept as plain data so that checkpoints load weights-only; checkpoints also name the class.
     """
 
     name = ""  # what impl= calls the subclass: "scratch" or "concise"
@@ -45,50 +75,49 @@ class Classifier(L.LightningModule):
         num_outputs: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run's record logs them, lone run and fused member alike
         # no per-batch input checks: each is a host sync, a NaN loss shows as a NaN mean, and the
         # labels were range-checked when the data was loaded
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
-        self.train_acc, self.val_acc, self.test_acc = (
-            MulticlassAccuracy(num_outputs, average="micro", validate_args=False) for _ in range(3)
-        )
-        self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)
+        self.train_loss, self.val_loss, self.test_loss = EpochMean(), EpochMean(), EpochMean()
+        self.train_acc, self.val_acc, self.test_acc = EpochMean(), EpochMean(), EpochMean()
         self._logged: set[str] = set()
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @property
-    def weight_templates(self) -> torch.Tensor:
-        """The ten learned 28×28-pixel class templates as a (10, 784) tensor."""
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W (784, 10) and b (10,), as the chapter writes them."""
         raise NotImplementedError
 
     def load_weights(self, W: torch.Tensor, b: torch.Tensor) -> None:
-        """Take the chapter's W (784, 10) and b (10,): a fused sweep's member saved as this impl."""
+        """Take the chapter's W (784, 10) and b (10,)."""
         raise NotImplementedError
+
+    @property
+    def weight_templates(self) -> torch.Tensor:
+        """The ten learned 28×28-pixel class templates as a (10, 784) tensor: the columns of W."""
+        return self.weights()[0].detach().T
+
+    def update_metrics(self, stage: str, loss: torch.Tensor, accuracy: torch.Tensor, images: int) -> None:
+        """Add a batch's mean loss and accuracy (each model's, in a population) to the stage's metrics."""
+        getattr(self, f"{stage}_loss").update(loss, images)
+        getattr(self, f"{stage}_acc").update(accuracy, images)
 
     def _step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> tuple[torch.Tensor, ...]:
         """The batch's logits and mean loss, added to the stage's metrics."""
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
-        mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
-        # the batch's mean once per image: a short last batch weighs what it holds. Not weight=len(y), which
-        # torchmetrics drops when nan_strategy="disable" (Lightning-AI/torchmetrics#3434)
-        mean_loss.update(loss.detach().expand(len(y)))
-        accuracy.update(logits, y)
+        self.update_metrics(stage, loss, accuracy(logits, y), len(y))
         if batch_idx == 0 or stage not in self._logged:  # an epoch resumed in its middle has no batch 0 here
             self._logged.add(stage)
-            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "train")
-            self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val")
+            mean_loss, mean_acc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "train", logger=False)
+            self.log(f"{stage}/acc", mean_acc, on_step=False, on_epoch=True, prog_bar=stage == "val", logger=False)
         return logits, loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self._step("train", batch, batch_idx)
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0:  # the steps whose values Lightning writes out
-            self.log(TRAIN_LOSS_STEP, loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -97,14 +126,18 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Returns the predicted classes, for callbacks such as the confusion matrix."""
         logits, _ = self._step("test", batch, batch_idx)
-        return logits.argmax(dim=1)
+        return logits.argmax(dim=-1)
 
-    def on_validation_epoch_end(self) -> None:
-        self.val_acc_best.update(self.val_acc.compute())
-        self.log(VAL_ACC_BEST, self.val_acc_best.compute(), sync_dist=True)  # the same on every rank
+    def on_train_epoch_start(self) -> None:
+        # this epoch's, after scheduling; the same on every rank
+        self.log(TRAIN_LR, self.optimizers().param_groups[0]["lr"], logger=False, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         return with_scheduler(instantiate(self.hparams.optimizer, params=self.parameters()), self.hparams.scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[MODEL_CLASS] = class_path(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the best val/acc is the history's (the run's record), no longer a metric of the model's own
+        checkpoint["state_dict"].pop("val_acc_best.max_value", None)

@@ -32,10 +32,8 @@ class ConciseSoftmaxRegression(Classifier):
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits, y)
 
-    @property
-    def weight_templates(self) -> torch.Tensor:
-        """The ten learned 28×28-pixel templates as a (10, 784) tensor: the rows of ``linear.weight``."""
-        return self.net[1].weight.detach()
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net[1].weight.T, self.net[1].bias
 
     @torch.no_grad()
     def load_weights(self, W: torch.Tensor, b: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""The chapter's from-scratch implementation: softmax, cross-entropy, accuracy and SGD by hand.
+"""The chapter's from-scratch implementation: softmax, cross-entropy and SGD by hand (accuracy, which scores both
+implementations, is the shared :mod:`~fashion_mnist_softmax.models.classifier`'s).
 
 Autograd computes the gradients, as in the chapter. The chapter's softmax and loss overflow for large
 logits (``exp(1000)`` is inf), so these subtract the row maximum first, which changes nothing.
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fashion_mnist_softmax.models.classifier import Classifier
+from fashion_mnist_softmax.models.classifier import Classifier, beside
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -37,14 +38,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Logits of shape (B, K, 10), K models side by side as in a fused sweep, give each model's loss, (K,); the
     labels are (B,), or (B, S) for logits (B, S, K, 10) whose S groups of models each see batches of their own.
     """
-    y = y.reshape(*y.shape, *[1] * (logits.dim() - y.dim())).expand(*logits.shape[:-1], 1)
-    true = logits.gather(-1, y).squeeze(-1)
+    true = logits.gather(-1, beside(y, logits).unsqueeze(-1).expand(*logits.shape[:-1], 1)).squeeze(-1)
     return (log_sum_exp(logits) - true).mean(dim=0)
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """The fraction of rows whose largest logit is the true class."""
-    return (logits.argmax(dim=1) == y).float().mean().item()
 
 
 @torch.no_grad()
@@ -122,10 +117,8 @@ class ScratchSoftmaxRegression(Classifier):
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return cross_entropy(logits, y)
 
-    @property
-    def weight_templates(self) -> torch.Tensor:
-        """The ten learned 28×28-pixel templates as a (10, 784) tensor: the columns of W."""
-        return self.W.detach().T
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.W, self.b
 
     @torch.no_grad()
     def load_weights(self, W: torch.Tensor, b: torch.Tensor) -> None:

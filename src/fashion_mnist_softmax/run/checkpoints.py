@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import get_class
 
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.models import MODEL_CLASS, MODELS, MOVED, class_path
+from fashion_mnist_softmax.models import MODEL_CLASS, MODELS, MOVED
 
 DATA_STATE = "FashionMNISTDataModule"  # Lightning saves a DataModule's state under its class name
 # what Lightning reads to resume a run, besides the weights: a fused job's checkpoint holds the weights only
@@ -92,33 +92,13 @@ def check_checkpoint(path: str | Path, impl_target: str | None = None, resume: b
         )
 
 
-def save_weights(
-    path: Path, model: Any, hyper_parameters: dict[str, Any], data_state: dict[str, Any], epoch: int, step: int
-) -> None:
-    """A checkpoint of the model's weights alone, as a fused sweep's member writes it: eval.py and predict.py load it,
-    and train.py refuses to resume it (it lacks :data:`RESUME_KEYS`)."""
-    import lightning
-    import torch
-
-    state = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": hyper_parameters,
-        MODEL_CLASS: class_path(model),
-        DATA_STATE: data_state,
-        "epoch": epoch,
-        "global_step": step,
-        "pytorch-lightning_version": lightning.__version__,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-
-
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The model saved in a checkpoint, in eval mode, and the DataModule state (preprocessing) it was trained with."""
     ckpt = load_checkpoint(path)
     cls = get_class(model_class(ckpt, path))  # one of MODELS, never a class the checkpoint chose
     try:
         model = cls(**ckpt["hyper_parameters"])
+        model.on_load_checkpoint(ckpt)  # as Lightning does before it loads the weights
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as e:
         raise UserError(

@@ -13,10 +13,10 @@ from fashion_mnist_softmax import console
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run.checkpoints import load_model
-from fashion_mnist_softmax.run.history import test_line
 from fashion_mnist_softmax.run.inspection import Figures
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS
 from fashion_mnist_softmax.run.progress import EpochProgressBar
+from fashion_mnist_softmax.run.record import stage_metrics, test_line
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -36,7 +36,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         callbacks=[Figures(out_dir / "figures"), EpochProgressBar(show_test=True)],
     )
-    tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    tested = stage_metrics(trainer, "test")
     metrics = {
         "impl": model.name,
         "ckpt_path": str(cfg.ckpt_path),

@@ -25,8 +25,8 @@ from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from fashion_mnist_softmax.data.fashion_mnist import NUM_CLASSES
 from fashion_mnist_softmax.run import figures
-from fashion_mnist_softmax.run.history import EpochSummary
 from fashion_mnist_softmax.run.metrics import (
     CONFUSION,
     CURVES,
@@ -42,6 +42,7 @@ from fashion_mnist_softmax.run.metrics import (
     VAL_ACC,
     WEIGHTS,
 )
+from fashion_mnist_softmax.run.record import epoch_summary
 
 _saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save-png")
 _unlogged: list[tuple[Future, Callable[..., None]]] = []
@@ -166,11 +167,10 @@ class Figures(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            summary = next(c for c in trainer.callbacks if isinstance(c, EpochSummary))
-            self.draw_curves(trainer.loggers, summary.history)
+            self.draw_curves(trainer.loggers, epoch_summary(trainer).history)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._confusion = MulticlassConfusionMatrix(pl_module.hparams.num_outputs).to(pl_module.device)
+        self._confusion = MulticlassConfusionMatrix(NUM_CLASSES).to(pl_module.device)
         self._shown = []
 
     def on_test_batch_end(
@@ -219,5 +219,5 @@ class HParams(L.Callback):
                 logger.log_hyperparams({"impl": impl, **self.hparams})
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        best = float(pl_module.val_acc_best.max_value)
+        best = epoch_summary(trainer).best
         self.log_final(trainer.loggers, pl_module.name, trainer.callback_metrics, best, trainer.global_step)

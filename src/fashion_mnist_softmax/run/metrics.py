@@ -10,7 +10,7 @@ TRAIN_LOSS, TRAIN_ACC = "train/loss", "train/acc"
 VAL_LOSS, VAL_ACC, VAL_ACC_BEST = "val/loss", "val/acc", "val/acc_best"
 TEST_LOSS, TEST_ACC = "test/loss", "test/acc"
 EPOCH_TIME = "time_s"
-TRAIN_LOSS_STEP = "train/loss_step"
+TRAIN_LOSS_STEP, TRAIN_LR = "train/loss_step", "train/lr"
 TRAIN_EPOCH_TIME, TRAIN_THROUGHPUT = "train/epoch_time_s", "train/images_per_s"
 HP_VAL_ACC_BEST, HP_TEST_ACC, HP_TEST_LOSS = "hp/val_acc_best", "hp/test_acc", "hp/test_loss"
 # the figures: TensorBoard image tags and PNG names under <run_dir>/figures/

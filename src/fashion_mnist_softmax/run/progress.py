@@ -1,4 +1,4 @@
-"""What a run prints while it trains: a progress bar and the model's parameters."""
+"""What a run prints while it trains: the chapter's epoch lines, a progress bar and the model's parameters."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
+
+from fashion_mnist_softmax.run.record import epoch_line, epoch_summary
+
+
+class EpochLines(L.Callback):
+    """Prints the chapter's line for each epoch, from the run's record."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.print(epoch_line(epoch_summary(trainer).history[-1]))
 
 
 class ParameterSummary(L.Callback):

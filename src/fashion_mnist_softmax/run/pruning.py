@@ -12,8 +12,8 @@ from typing import Any
 
 import lightning as L
 
-from fashion_mnist_softmax.run.history import fit_validation
 from fashion_mnist_softmax.run.metrics import PRUNED, STATUS, VAL_ACC, VAL_ACC_BEST
+from fashion_mnist_softmax.run.record import fit_validation
 
 
 class ReportToTrial(L.Callback):

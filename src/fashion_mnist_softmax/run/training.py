@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_mnist_softmax import console
@@ -20,12 +18,13 @@ from fashion_mnist_softmax.console import paragraph
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
+from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
 from fashion_mnist_softmax.run.checkpoints import load_checkpoint
 from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command
-from fashion_mnist_softmax.run.history import EpochSummary, run_metrics, test_line
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
 from fashion_mnist_softmax.run.pruning import ReportToTrial
+from fashion_mnist_softmax.run.record import EpochSummary, end_run, epoch_summary, run_metrics, stage_metrics, test_line
 from fashion_mnist_softmax.sweep_summary import SUMMARY_MD, write_summary
 
 
@@ -34,13 +33,25 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
-def finish_loggers(loggers: Sequence[Logger], status: str) -> None:
-    """Each logger writes what it holds (``status``: "success" or "failed"), and a W&B run ends: its process would
-    end it at exit, but one process may hold several runs (a fused sweep's members, a notebook's runs)."""
-    for logger in loggers:
-        logger.finalize(status)
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish(exit_code=0 if status == "success" else 1)
+def pruned_at(callbacks: list[L.Callback]) -> int | None:
+    """The epoch after which its search pruned the run that has these callbacks; None if it did not."""
+    return next((c.pruned_at for c in callbacks if isinstance(c, ReportToTrial) and c.pruned_at), None)
+
+
+def tested_checkpoint(trainer: L.Trainer, test_ckpt: str) -> str:
+    """The checkpoint that ``test_ckpt`` names: the best by ``val/acc``, the last, or a file of its own."""
+    if test_ckpt not in ("best", "last"):
+        return test_ckpt
+    monitoring = test_ckpt == "best"
+    checkpoint = next(c for c in trainer.checkpoint_callbacks if (c.monitor is not None) == monitoring)
+    path = checkpoint.best_model_path if monitoring else checkpoint.format_checkpoint_name({})
+    if not path:
+        raise UserError(
+            f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its "
+            f"first validation (trainer.max_steps or trainer.check_val_every_n_epoch can do that), so no "
+            f"checkpoint was chosen by {VAL_ACC}. Use test_ckpt=last to test the final model."
+        )
+    return path
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -54,12 +65,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer,
         callbacks=callbacks,
         logger=instantiate_all(cfg.get("logger")),
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,  # conf/callbacks/default.yaml lists the parameters instead
     )
-    summary = next(c for c in callbacks if isinstance(c, EpochSummary))
-    best = next(c for c in trainer.checkpoint_callbacks if c.monitor is not None)  # by val/acc
-    last = next(c for c in trainer.checkpoint_callbacks if c.monitor is None)
     if distributed.must_start_ranks(trainer):
         return distributed.start_ranks(cfg, trainer)
 
@@ -69,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         print(f"{model.name} softmax regression, run dir {run_dir}")
     hparams = OmegaConf.to_container(cfg, resolve=True)
+    summary = epoch_summary(trainer)
     resumed = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if resumed is not None:  # in its own dir (run/run_dirs.py), a run finds its own checkpoints there
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -86,28 +96,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         except SystemExit:  # Ctrl-C or SIGTERM: SaveOnInterrupt saved last.ckpt
-            if trainer.interrupted and trainer.is_global_zero:
-                metrics = run_metrics(model.name, cfg.seed, {}, None, hparams, summary.history, status=INTERRUPTED)
-                _interrupted(trainer, run_dir, metrics)
+            if trainer.interrupted and trainer.is_global_zero:  # and Lightning finished the loggers
+                _interrupted(trainer, run_dir, run_metrics(model.name, cfg.seed, summary.history, hparams, INTERRUPTED))
             raise
-        if pruned_at := next((c.pruned_at for c in callbacks if isinstance(c, ReportToTrial) and c.pruned_at), None):
+        if epoch := pruned_at(trainer.callbacks):
             if trainer.is_global_zero:  # its search stopped it: untested
-                print(f"pruned by its search after epoch {pruned_at}: not tested")
-            metrics = run_metrics(model.name, cfg.seed, {}, None, hparams, summary.history, status=PRUNED)
-            return _finish(trainer, run_dir, metrics)
-        named = {"best": best.best_model_path, "last": last.format_checkpoint_name({})}
-        test_ckpt = named.get(cfg.test_ckpt, cfg.test_ckpt)
-        if cfg.test_ckpt == "best" and not test_ckpt:
-            raise UserError(
-                f"There is no best checkpoint to test: training stopped at step {trainer.global_step}, before its "
-                f"first validation (trainer.max_steps or trainer.check_val_every_n_epoch can do that), so no "
-                f"checkpoint was chosen by {VAL_ACC}. Use test_ckpt=last to test the final model."
-            )
+                print(f"pruned by its search after epoch {epoch}: not tested")
+            return _finish(trainer, run_dir, run_metrics(model.name, cfg.seed, summary.history, hparams, PRUNED))
+        test_ckpt = tested_checkpoint(trainer, cfg.test_ckpt)
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
-    tested = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)[0]
+    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)
+    tested = stage_metrics(trainer, "test")
     if trainer.is_global_zero:
         print(test_line(tested))
-    return _finish(trainer, run_dir, run_metrics(model.name, cfg.seed, tested, test_ckpt, hparams, history))
+    metrics = run_metrics(model.name, cfg.seed, history, hparams, tested=tested, test_ckpt=test_ckpt)
+    return _finish(trainer, run_dir, metrics)
 
 
 def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> None:
@@ -131,10 +134,9 @@ def sweep_stopped(where: str) -> None:
 
 
 def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """End the run's loggers and write its ``metrics.json`` (on rank 0); return the metrics."""
+    """End the run (on rank 0): its loggers and its ``metrics.json``; return the metrics."""
     if trainer.is_global_zero:
-        finish_loggers(trainer.loggers, "success")
-        write_json_atomic(run_dir / METRICS_FILE, metrics)
+        end_run(run_dir, trainer.loggers, metrics)
         print(f"metrics: {run_dir / METRICS_FILE}")
         if (run_dir / "checkpoints").is_dir():  # a finished run resumed with nothing left to train writes none
             print(f"checkpoints: {run_dir / 'checkpoints'}")
