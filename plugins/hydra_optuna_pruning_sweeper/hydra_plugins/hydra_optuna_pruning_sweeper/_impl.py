@@ -79,8 +79,8 @@ def create_params_from_overrides(arguments: list[str]) -> tuple[dict[str, BaseDi
     return space, fixed
 
 
-def grid_values(distribution: BaseDistribution) -> list[Any]:
-    """Every value of a discrete distribution, for a grid."""
+def grid_values(key: str, distribution: BaseDistribution) -> list[Any]:
+    """Every value of parameter ``key``'s distribution, for a grid."""
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)
     if isinstance(distribution, IntDistribution):
@@ -89,7 +89,7 @@ def grid_values(distribution: BaseDistribution) -> list[Any]:
         low, high, step = (Decimal(str(v)) for v in (distribution.low, distribution.high, distribution.step))
         return [float(low + i * step) for i in range(int((high - low) / step) + 1)]
     raise CompactHydraException(
-        f"hydra/sweeper/sampler=grid takes choice and range, which have values to go through, not {distribution}."
+        f"hydra/sweeper/sampler=grid goes through the values of choice and range, and {key} is an interval."
     )
 
 
@@ -103,7 +103,7 @@ def make_sampler(
         return None
     sampler, given = get_class(config._target_), {}
     if issubclass(sampler, GridSampler):
-        given["search_space"] = {key: grid_values(distribution) for key, distribution in space.items()}
+        given["search_space"] = {key: grid_values(key, distribution) for key, distribution in space.items()}
     if config.get("seed") is not None and not issubclass(sampler, QMCSampler):
         given["seed"] = config.seed + stored
     return instantiate(config, **given, _convert_="all")
@@ -128,8 +128,12 @@ def check_settings(sweeper: OptunaSweeper, directions: list[str]) -> None:
     ]
     for key, value, valid, rule in rules:
         if not valid:
+            raise CompactHydraException(f"hydra.sweeper.{key}={value} is not valid: it must be {rule}.")
+    for group in ("sampler", "pruner"):
+        config = getattr(sweeper, group)
+        if missing := [key for key in config or {} if OmegaConf.is_missing(config, key)]:
             raise CompactHydraException(
-                f"hydra.sweeper.{key}={value} is not valid: it must be {rule}. Fix it on the command line."
+                f"hydra.sweeper.{group}.{missing[0]} has no value, and {config._target_} has no default for it."
             )
 
 
@@ -237,7 +241,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
     sampler = make_sampler(sweeper.sampler, space, trials_stored(storage, sweeper.study_name))
     n_trials = sweeper.n_trials
     if isinstance(sampler, GridSampler):
-        n_trials = min(n_trials, math.prod(len(grid_values(distribution)) for distribution in space.values()))
+        n_trials = min(n_trials, math.prod(len(grid_values(*item)) for item in space.items()))
     study = optuna.create_study(
         study_name=sweeper.study_name,
         storage=storage,

@@ -8,6 +8,7 @@ plugins, so these configs come from a config source that imports Optuna only whe
 
 # no "from __future__ import annotations": Hydra loads this module outside sys.modules, where dataclasses
 # cannot resolve string annotations
+import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -48,8 +49,10 @@ GIVEN_BY_SWEEPER = {"search_space"}  # a grid's values, from hydra.sweeper.param
 PLAIN = (type(None), bool, int, float, str)  # the defaults that a config holds; an object's default stays Optuna's
 
 
+@functools.cache  # Hydra loads the sampler's and the pruner's config again for each job
 def class_config(module: str, name: str) -> dict[str, Any]:
-    """The config of Optuna's class ``module.name``: its ``_target_`` and its constructor's arguments."""
+    """The config of Optuna's class ``module.name``: its ``_target_`` and its constructor's arguments. Not to be
+    changed by the caller."""
     config: dict[str, Any] = {"_target_": f"{module}.{name}"}
     for parameter in inspect.signature(getattr(importlib.import_module(module), name)).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or parameter.name in GIVEN_BY_SWEEPER:
