@@ -166,7 +166,10 @@ def outcome(ret: JobReturn) -> Any:
     return dataclasses.replace(ret, status=JobStatus.COMPLETED).return_value
 
 
-def finish(study: optuna.Study, trial: Trial, values: list[float] | None = None, state=TrialState.COMPLETE) -> None:
+def finish(
+    study: optuna.Study, trial: Trial, values: list[float] | None = None, state: TrialState = TrialState.COMPLETE
+) -> None:
+    """``study.tell``, where a grid sampler's last trial ends the grid."""
     try:
         study.tell(trial, values, state)
     except RuntimeError:  # a grid done stops its study, which Optuna refuses outside optimize(), once it told it
@@ -212,12 +215,13 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> None:
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
     else:
         solutions = [{"params": t.params, "values": t.values} for t in study.best_trials]
-        log.info(f"{len(solutions)} best trials, each better than the others in one direction: {sweep_dir}")
+        log.info(f"{len(solutions)} best trials, none of which another trial beats in every direction")
         results = {"name": "optuna", "solutions": solutions}
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
 
 
 def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
+    """The search of ``hydra/sweeper=optuna``: ``n_trials`` new trials of the study, in batches of ``n_jobs``."""
     config = sweeper.config
     launcher = Plugins.instance().instantiate_launcher(
         config=config, hydra_context=sweeper.hydra_context, task_function=sweeper.task_function
@@ -288,6 +292,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
                 f"hydra.sweeper.max_failure_rate={sweeper.max_failure_rate}: the search ends in the first failure."
             )
             raise failures[0]
-    counts = f"{states[TrialState.COMPLETE]} completed, {states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]}"
-    log.info(f"{job_idx} new trial{'s' * (job_idx != 1)}: {counts} failed")
+    ended = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    counts = ", ".join(f"{states[state]} {word}" for state, word in ended.items())
+    log.info(f"{job_idx} new trial{'s' * (job_idx != 1)}: {counts}")
     write_results(study, Path(config.hydra.sweep.dir))
