@@ -174,13 +174,13 @@ def test_a_study_that_optuna_2_stored_resumes_after_its_storage_is_upgraded(tmp_
         ("a=range(0,1,0.3)", optuna.distributions.FloatDistribution(0.0, 0.9, step=0.3)),
         ("a=interval(0.1,0.5)", optuna.distributions.FloatDistribution(0.1, 0.5)),
         ("a=tag(log, interval(0.02, 0.5))", optuna.distributions.FloatDistribution(0.02, 0.5, log=True)),
-        ("a=tag(int, interval(5, 20))", optuna.distributions.IntDistribution(5, 20)),
+        ("a=int(interval(5, 20))", optuna.distributions.IntDistribution(5, 20)),
         ("a=0.3", "0.3"),
     ],
 )
 def test_the_sweepers_search_space_syntax_gives_current_optuna_distributions(line, expected):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra_plugins.hydra_optuna_pruning_sweeper._impl import distribution
+    from hydra_plugins.hydra_optuna_pruning_sweeper._impl import create_optuna_distribution_from_override
 
-    assert distribution(OverridesParser.create().parse_overrides([line])[0]) == expected
+    assert create_optuna_distribution_from_override(OverridesParser.create().parse_overrides([line])[0]) == expected
