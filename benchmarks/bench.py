@@ -225,7 +225,9 @@ def _timed_fit(module, root: Path, epochs: int, accelerator: str, import_s: floa
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             self.stop()
 
-    dm = FashionMNISTDataModule(str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[], download=False)
+    dm = FashionMNISTDataModule(
+        str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[], download=False, expected_sizes=None
+    )
     clock = Clock()
     callbacks = [clock, *trainer_args.pop("callbacks", [])]
     trainer = L.Trainer(
@@ -340,7 +342,9 @@ def case_project_pass(root: Path, epochs: int, impl: str, data_dir: Path, accele
     from fashion_mnist_softmax.run import training  # noqa: F401
 
     import_s = time.perf_counter() - start
-    dm = FashionMNISTDataModule(str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[data_dir], download=False)
+    dm = FashionMNISTDataModule(
+        str(root), batch_size=BATCH_SIZE, val_size=0, search_dirs=[data_dir], download=False, expected_sizes=None
+    )
     dm.prepare_data()  # extracts the IDX files under root for every other pipeline
     dm.setup()
     passes = []

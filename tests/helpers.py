@@ -22,7 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.version import VersionBase
 from omegaconf import DictConfig, open_dict
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -152,6 +154,13 @@ needs_real_data = pytest.mark.skipif(
     not all((REAL_DATA / f"{n}.gz").is_file() for n in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")),
     reason="the real Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)",
 )
+
+
+@pytest.fixture
+def app_without_version_base(hydra_restore_singletons: None) -> None:
+    """Hydra's launcher suites run apps that name no version base, whose jobs run in their own dirs (Hydra 1.1's
+    behaviour): the base is set to that, whatever a fixture of a wider scope composed with before."""
+    VersionBase.instance().setbase(Version("1.1"))
 
 
 @pytest.fixture(autouse=True)

@@ -80,7 +80,9 @@ def test_make_scaled_repeats_the_training_set(fake_archives, tmp_path):
     bench = load_bench()
     ensure_raw_files(tmp_path / "data", [str(fake_archives)], download=False)
     assert bench.make_scaled(tmp_path / "data", tmp_path / "scaled", 3) == 3 * 512
-    dm = FashionMNISTDataModule(str(tmp_path / "scaled"), val_size=0, search_dirs=[], download=False)
+    dm = FashionMNISTDataModule(
+        str(tmp_path / "scaled"), val_size=0, search_dirs=[], download=False, expected_sizes=None
+    )
     dm.setup()
     images, labels = dm.train_set.images, dm.train_set.labels
     assert images.dtype == torch.uint8 and images.shape == (3 * 512, 28, 28)
@@ -129,7 +131,7 @@ def test_metrics_handed_over_once_per_epoch_cover_every_batch(tiny_cfg, tmp_path
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     model = ScratchSoftmaxRegression(SGD)
     model.load_state_dict(state)
-    dm = FashionMNISTDataModule(cfg.data.root, val_size=64, search_dirs=[], download=False)
+    dm = FashionMNISTDataModule(cfg.data.root, val_size=64, search_dirs=[], download=False, expected_sizes=None)
     dm.setup()
     x, y = dm.test_set[torch.arange(len(dm.test_set))]
     with torch.no_grad():

@@ -1,13 +1,18 @@
-"""Hydra composition of conf/train.yaml and its groups."""
+"""Hydra composition of conf/train.yaml and its groups, each node made from its target's signature."""
+
+import shutil
+import subprocess
+import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 
 from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.config.signatures import parameters
 from fashion_mnist_softmax.errors import UserError
 
-from helpers import ROOT
+from helpers import ROOT, run_script
 
 
 def test_defaults_compose(compose_cfg):
@@ -86,3 +91,57 @@ def test_every_callbacks_choice_declares_what_every_run_has(compose_cfg):
     training = (ROOT / "src" / "fashion_mnist_softmax" / "run" / "training.py").read_text()
     built = ("ModelCheckpoint(", "EpochSummary(", "StopOnDivergedLoss(", "SaveOnInterrupt(")
     assert not [name for name in built if name in training], "train() adds a callback the config does not declare"
+
+
+def test_every_argument_of_a_target_is_a_key_with_the_default_its_signature_declares(compose_cfg):
+    cfg = compose_cfg(["optim=adam", "optim.betas=[0.8,0.99]", "trainer.profiler=simple", "scheduler=cosine"])
+    cfg.paths.output_dir = "/tmp/x"
+    assert list(cfg.optim.betas) == [0.8, 0.99] and cfg.optim.eps == 1e-8  # torch.optim.Adam's
+    assert cfg.trainer.profiler == "simple" and cfg.trainer.overfit_batches == 0.0  # lightning.Trainer's
+    assert cfg.scheduler.eta_min == 0.0 and cfg.scheduler.T_max == cfg.trainer.max_epochs
+    assert cfg.data.download_timeout == 10.0 and list(cfg.data.search_dirs) == ["/usr/share/datasets/fashion-mnist"]
+    assert "params" not in cfg.optim and "optimizer" not in cfg.scheduler  # what the run passes itself
+    assert "callbacks" not in cfg.trainer and "logger" not in cfg.trainer
+    assert instantiate(cfg.trainer).max_epochs == cfg.trainer.max_epochs
+
+
+def test_signatures_are_read_without_importing_torch():
+    """A config is composed, and a mistake in it reported, before torch and Lightning load (seconds)."""
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from hydra import compose, initialize_config_dir\n"
+        f"with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base='1.3'):\n"
+        "    cfg = compose('train', ['impl=scratch', 'scheduler=cosine', 'optim.lr=0.3'])\n"
+        "assert cfg.trainer.log_every_n_steps == 50 and cfg.optim.momentum == 0.0, cfg\n"
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+def test_a_constructor_argument_added_is_a_key_with_no_other_file_changed(tmp_path, fake_archives):
+    """In a copy of the package, the DataModule takes one more argument: train.py takes it on the command line,
+    typed as its signature says, and refuses a wrong type before any run dir."""
+    shutil.copytree(ROOT / "src" / "fashion_mnist_softmax", tmp_path / "src" / "fashion_mnist_softmax")
+    module = tmp_path / "src" / "fashion_mnist_softmax" / "data" / "datamodule.py"
+    source = module.read_text()
+    argument = "        normalize: bool = False,\n"
+    assert argument in source
+    module.write_text(source.replace(argument, argument + "        crop_margin: int = 2,\n"))
+    env = {"PYTHONPATH": str(tmp_path / "src")}
+    shown = run_script("train.py", "data.crop_margin=5", "--cfg", "job", "--package", "data", env=env)
+    assert shown.returncode == 0 and "crop_margin: 5" in shown.stdout, shown.stderr[-2000:]
+    logs = tmp_path / "logs"
+    refused = run_script("train.py", "data.crop_margin=wide", f"paths.log_dir={logs}", env=env)
+    assert refused.returncode == 2 and not logs.exists()
+    assert "data.crop_margin='wide' is not valid: it must be a whole number" in " ".join(refused.stderr.split())
+    default = run_script("train.py", "--cfg", "job", "--package", "data")  # the package as it is: no such key
+    assert "crop_margin" not in default.stdout
+
+
+def test_a_signature_the_source_cannot_say_is_read_from_the_imported_class(tmp_path, monkeypatch):
+    (tmp_path / "made_at_run_time.py").write_text('Made = type("Made", (), {"__init__": lambda self, size=3: None})\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (size,) = parameters("made_at_run_time.Made")
+    assert (size.name, size.default) == ("size", 3)

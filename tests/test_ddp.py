@@ -12,7 +12,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fashion_mnist_softmax.run.checkpoints import load_model
+from fashion_mnist_softmax.checkpoints import load_model
 from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS, read_metrics
 from fashion_mnist_softmax.run.training import train

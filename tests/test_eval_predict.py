@@ -13,12 +13,12 @@ import torch
 from hydra.utils import get_class
 from PIL import Image, ImageDraw
 
+from fashion_mnist_softmax.checkpoints import DATA_STATE, check_checkpoint
 from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.data.images import read_image, to_fashion_mnist
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.models import MODELS
-from fashion_mnist_softmax.run.checkpoints import DATA_STATE, check_checkpoint
 from fashion_mnist_softmax.run.evaluation import evaluate
 from fashion_mnist_softmax.run.metrics import CONFUSION, METRICS_FILE, PREDICTIONS, TEST_ACC, TEST_LOSS, read_metrics
 from fashion_mnist_softmax.run.prediction import PREDICTIONS_FILE, predict

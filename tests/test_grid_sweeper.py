@@ -10,6 +10,9 @@ from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, Laun
 
 from hydra_plugins.fashion_mnist_softmax.grid_sweeper import GridSweeper
 
+# every test here: the suites' apps name no version base
+pytestmark = pytest.mark.usefixtures("app_without_version_base")
+
 
 def test_discovery():
     assert GridSweeper.__name__ in [cls.__name__ for cls in Plugins.instance().discover(Sweeper)]

@@ -15,6 +15,9 @@ from hydra_plugins.fashion_mnist_fused_launcher.fused_launcher import FusedLaunc
 
 from helpers import ROOT
 
+# every test here: the suites' apps name no version base
+pytestmark = pytest.mark.usefixtures("app_without_version_base")
+
 
 def test_discovery():
     assert FusedLauncher.__name__ in [cls.__name__ for cls in Plugins.instance().discover(Launcher)]

@@ -1,87 +1,104 @@
-"""Check a composed config once, before its run dir exists: keys and types, ranges, and what cannot run.
+"""Check a composed config once, before its run dir exists, for what its types cannot say.
 
-:func:`check_config` is the one check. A single run calls it from a Hydra callback before Hydra writes
-anything (:mod:`fashion_mnist_softmax.run.run_dirs`); each job of a multirun at its start; the fused
-launcher each job as it composes it, and the machine once for each group. Past it, ``train()``, ``evaluate()``
-and ``predict()`` trust the config.
-torch is imported only to read a checkpoint the config names and, once every other check has passed, to see the
-machine's devices, so that a mistake is reported within a second.
+Hydra composes each node on its target's signature (:mod:`~fashion_mnist_softmax.config.signatures`): an unknown
+key or a value of the wrong type stops the composition, and :mod:`~fashion_mnist_softmax.run.failures` says so in
+one paragraph. :func:`check_config` checks the rest: the ranges that signatures declare (and those of other
+libraries' arguments, :data:`CONSTRAINTS`), the app's own keys, what cannot run together, the machine's devices,
+and the files a run reads and writes. A single run calls it from a Hydra callback before Hydra writes anything
+(:mod:`fashion_mnist_softmax.run.run_dirs`), each job of a multirun at its start, the fused launcher each job as
+it composes it. torch is imported only to read a checkpoint the config names and, once every other check has
+passed, to see the machine's devices, so that a mistake is reported within a second.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import functools
 import math
+import operator
 import os
-import re
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import annotated_types as at
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
+from omegaconf.errors import InterpolationResolutionError
 
-from fashion_mnist_softmax.config.schema import APPS, TARGETS, ScratchSGDConfig
+from fashion_mnist_softmax.checkpoints import check_checkpoint
+from fashion_mnist_softmax.config.signatures import metadata, parameters
+from fashion_mnist_softmax.data.fashion_mnist import SPLIT_SIZES
 from fashion_mnist_softmax.data.images import image_files
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.models import MODELS
-from fashion_mnist_softmax.run.checkpoints import check_checkpoint
+from fashion_mnist_softmax.models import MODELS, SCRATCH_OPTIMIZER
 
-FASHION_MNIST_TRAIN_SIZE, FASHION_MNIST_TEST_SIZE = 60000, 10000
-ALWAYS = ("epoch_summary", "stop_on_diverged_loss", "best_checkpoint", "last_checkpoint")  # train() needs them
-SCRATCH_SGD = ScratchSGDConfig._target_
+APPS = ("train", "eval", "predict")  # the entry points, by their config's name
+# what other libraries' signatures leave unsaid (the project's own say theirs): ranges, and the choices the project
+# runs with (trainer=ddp starts its processes itself; the precisions it is tested in)
+CONSTRAINTS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "lightning.Trainer": {
+        "max_epochs": (at.Ge(1),),
+        "max_steps": (at.Ge(-1),),
+        "accumulate_grad_batches": (at.Ge(1),),
+        "log_every_n_steps": (at.Ge(0),),
+        "gradient_clip_val": (at.Ge(0),),
+        "strategy": ("auto", "ddp"),
+        "accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
+        "precision": (None, "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
+    },
+    "torch.optim.SGD": {"lr": (at.Gt(0),), "momentum": (at.Interval(ge=0, lt=1),), "weight_decay": (at.Ge(0),)},
+    "torch.optim.Adam": {"lr": (at.Gt(0),), "weight_decay": (at.Ge(0),)},
+}
+# the app's own keys, which no signature declares
+APP_KEYS: dict[str, tuple[type, tuple[Any, ...]]] = {
+    "seed": (int, (at.Interval(ge=0, le=2**32 - 1),)),
+    "top_k": (int, (at.Ge(1),)),
+}
+FREE = ("callbacks", "logger")  # the groups whose nodes a command line may add, as +callbacks.<name>=...
 
 
 def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _batches(v: Any, least: int) -> bool:
-    """None for all, a number of batches of at least ``least``, or a fraction of the epoch (above 0 if least is)."""
-    fraction = isinstance(v, float) and (v > 0 if least else v >= 0) and v <= 1
-    return v is None or (_whole(v) and v >= least) or fraction
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-# key: (the check of its typed value, what the value must be); a key the config lacks (Adam has no momentum) is
-# not checked. Types are the schema's: the words here also name the type, for a value of the wrong one.
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295"),
-    "data.batch_size": (lambda v: v >= 1, "a whole number of at least 1 (the chapter uses 256)"),
-    "data.normalize": (lambda v: True, "true or false"),
-    "data.download": (lambda v: True, "true or false"),
-    "optim.lr": (lambda v: math.isfinite(v) and v > 0, "a number greater than 0 (the chapter uses 0.1)"),
-    "optim.momentum": (lambda v: 0 <= v < 1, "a number from 0 up to, not including, 1"),
-    "optim.weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a number of at least 0"),
-    "trainer.max_epochs": (lambda v: v >= 1, "a whole number of at least 1"),
-    "trainer.max_steps": (lambda v: v >= -1, "a whole number, or -1 for no limit"),
-    "trainer.accumulate_grad_batches": (lambda v: v >= 1, "a whole number of at least 1"),
-    "trainer.gradient_clip_val": (
-        lambda v: v is None or (math.isfinite(v) and v >= 0),
-        "a number of at least 0, or null",
-    ),
-    "trainer.log_every_n_steps": (lambda v: v >= 0, "a whole number of at least 0"),
-    "trainer.strategy": (lambda v: v in ("auto", "ddp"), "auto (one process) or ddp (trainer=ddp)"),
-    "trainer.accelerator": (lambda v: v in ("auto", "cpu", "gpu", "cuda", "mps"), "auto, cpu, gpu (cuda) or mps"),
-    "trainer.precision": (
-        lambda v: v in ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"),
-        "32-true, 16-mixed, bf16-mixed, 16-true, bf16-true or 64-true",
-    ),
-    **{
-        f"trainer.limit_{stage}_batches": (
-            lambda v: _batches(v, 0),
-            "a number of batches, a fraction from 0 to 1, or null for all",
-        )
-        for stage in ("train", "val")
-    },
-    "trainer.limit_test_batches": (  # every run ends with a test
-        lambda v: _batches(v, 1),
-        "a number of batches of at least 1, a fraction above 0 up to 1, or null for all",
-    ),
-    "top_k": (lambda v: v >= 1, "a whole number of at least 1"),
-}
-TYPES = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false", "String": "text"}
+def _choices(constraints: tuple[Any, ...]) -> bool:
+    """Whether ``constraints`` are a value's choices, not annotated-types' bounds."""
+    return bool(constraints) and not isinstance(constraints[0], at.BaseMetadata | at.GroupedMetadata)
+
+
+def expected(kind: type | None, constraints: tuple[Any, ...]) -> str:
+    """What a value of ``kind`` within ``constraints`` (annotated-types' bounds, or a tuple of choices) is, in
+    words: "a whole number of at least 1"."""
+    if _choices(constraints):
+        return ", ".join("null" if c is None else str(c) for c in constraints[:-1]) + f" or {constraints[-1]}"
+    bounds = {type(m).__name__.lower(): getattr(m, type(m).__name__.lower()) for m in metadata(constraints)}
+    noun = (
+        "a whole number"
+        if kind is int
+        else "a number"
+        if bounds or kind is float
+        else {bool: "true or false"}.get(kind, "text")
+    )
+    if "ge" in bounds and "lt" in bounds:
+        return f"{noun} from {bounds['ge']} up to, not including, {bounds['lt']}"
+    if "ge" in bounds and "le" in bounds:
+        return f"{noun} from {bounds['ge']} to {bounds['le']}"
+    words = {"ge": "of at least", "gt": "greater than", "le": "of at most", "lt": "less than"}
+    return " ".join([noun, *(f"{words[b]} {v}" for b, v in bounds.items())])
+
+
+def satisfies(value: Any, kind: type | None, constraints: tuple[Any, ...]) -> bool:
+    if _choices(constraints):
+        return value in constraints
+    bounds = [(type(m).__name__.lower(), m) for m in metadata(constraints)]
+    number = _whole(value) if kind is int else _number(value)
+    return number and all(getattr(operator, name)(value, getattr(m, name)) for name, m in bounds)
 
 
 def invalid(key: str, value: Any, expected: str) -> UserError:
@@ -90,17 +107,9 @@ def invalid(key: str, value: Any, expected: str) -> UserError:
 
 
 def unknown_key(key: str, node: DictConfig) -> UserError:
-    """``key`` is not in the config: the closest key of ``node`` (its parent), or the keys it takes; or, where the
-    node's schema takes it, how to add it (Hydra sets a key that the YAML files leave out only with a +)."""
+    """``key`` is not in the config: the closest key of ``node`` (its parent), or the keys it takes."""
     parent, _, leaf = key.rpartition(".")
-    schema = TARGETS.get(node.get("_target_"))
-    fields = [f.name for f in dataclasses.fields(schema)] if schema else [str(k) for k in node if k != "hydra"]
-    if schema is not None and leaf in fields:
-        return UserError(
-            f"{key} is left out of this run's config, though {node._target_} takes it: set it with a + before it, "
-            f"as +{key}=<value>."
-        )
-    known = [k for k in fields if not k.startswith("_")]
+    known = [str(k) for k in node if not str(k).startswith("_") and str(k) not in ("hydra", leaf)]
     if close := difflib.get_close_matches(leaf, known, n=1):
         hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?"
     else:
@@ -109,62 +118,91 @@ def unknown_key(key: str, node: DictConfig) -> UserError:
     return UserError(f"{key} is not a setting of this run: {hint} Fix it on the command line.")
 
 
-@functools.cache
-def _structured(schema: type) -> DictConfig:
-    """The schema as a config, made once: a merge copies it, and a sweep checks each of its jobs."""
-    return OmegaConf.structured(schema)
+def _targets(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """The key of each node that names its target, and the target: in the config as written (unresolved: it may
+    name the run's dir, which the check comes before)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str):
+            yield prefix, node["_target_"]
+        for key, value in node.items():
+            if prefix or key not in (*FREE, "hydra"):  # callbacks and loggers check their own arguments
+                yield from _targets(value, f"{prefix}{key}.")
 
 
-def _merged(schema: type, node: DictConfig, prefix: str = "") -> DictConfig:
-    """``node`` merged into ``schema``; an unknown key or a value of the wrong type as a :class:`UserError`."""
-    try:
-        return OmegaConf.merge(_structured(schema), node)
-    except ConfigKeyError as e:
-        parent = e.full_key.rpartition(".")[0]
-        fields = _structured(schema)
-        raise unknown_key(prefix + e.full_key, OmegaConf.select(fields, parent) if parent else fields) from None
-    except ValidationError as e:
-        key, value = prefix + e.full_key, getattr(e, "value", None)
-        if key in RULES:
-            raise invalid(key, value, RULES[key][1]) from None
-        found = re.search(r"converted to (\w+)", str(e))
-        raise invalid(key, value, TYPES.get(found.group(1), "another type") if found else "a value, not null") from None
+def _number_kind(annotation: Any) -> type | None:
+    """int or float, for a parameter of that type, optional or not; None for any other."""
+    kinds = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
 
 
-def typed(cfg: DictConfig, app: str) -> DictConfig:
-    """``cfg`` (without its ``hydra`` node) merged into the schema of ``app`` and of its optimizer and scheduler."""
-    node = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    out = _merged(APPS[app], node)
-    for key in ("optim", "scheduler"):
-        if isinstance(sub := node.get(key), DictConfig) and sub.get("_target_") in TARGETS:
-            out[key] = _merged(TARGETS[sub._target_], sub, prefix=f"{key}.")
-    return out
+def expected_of(node: DictConfig, key: str) -> str:
+    """What the key ``key`` of ``node`` takes, in words, from its target's signature."""
+    found = {p.name: p for p in parameters(node._target_)} if "_target_" in node else {}
+    if key not in found:
+        return "a value of another type"
+    kind = _number_kind(found[key].annotation) or found[key].annotation
+    return expected(kind, found[key].constraints + CONSTRAINTS.get(node._target_, {}).get(key, ()))
 
 
-def _check_rules(cfg: DictConfig, given: DictConfig) -> None:
-    """Each rule on its typed value; and the value as given of the same type (the schema would read ``no`` as
-    false and ``'5'`` as 5, where the run itself gets the string)."""
-    for key, (check, expected) in RULES.items():
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf in node:
-            value, raw = node[leaf], OmegaConf.select(given, key)
-            if (
-                not check(value)
-                or isinstance(value, bool) != isinstance(raw, bool)
-                or isinstance(raw, str) != isinstance(value, str)
-            ):
-                raise invalid(key, raw, expected)
+def check_values(cfg: DictConfig) -> None:
+    """No key added where the config takes none; each node's values within the ranges and choices its target
+    declares (and :data:`CONSTRAINTS` for others); the app's own keys. What a sweep's jobs share is checked so."""
+    _check_overrides(cfg)
+    for key, (kind, constraints) in APP_KEYS.items():
+        if key in cfg and not satisfies(cfg[key], kind, constraints):
+            raise invalid(key, cfg[key], expected(kind, constraints))
+    for prefix, target in _targets(OmegaConf.to_container(cfg)):
+        declared = {p.name: p for p in parameters(target)}
+        constraints_of = {p.name: p.constraints for p in declared.values() if p.constraints}
+        node = cfg
+        for part in prefix.split(".")[:-1]:
+            node = node[part]
+        for name, constraints in (constraints_of | CONSTRAINTS.get(target, {})).items():
+            kind = _number_kind(declared[name].annotation) if name in declared else None
+            value = node.get(name)
+            # an optional number left to its default, None: its class's
+            unset = value is None and name in declared and declared[name].default is None and not _choices(constraints)
+            if name in node and not unset and not satisfies(value, kind, constraints):
+                raise invalid(prefix + name, value, expected(kind, constraints))
 
 
-def _check_batch_fractions(cfg: DictConfig, stages: tuple[str, ...]) -> None:
-    """A fraction of a stage's batches that leaves none, which Lightning would refuse only once the data is loaded."""
-    sizes = cfg.data.expected_sizes or {}
-    n_test = sizes.get("test") or FASHION_MNIST_TEST_SIZE
+def _check_overrides(cfg: DictConfig) -> None:
+    """The command line's own keys: none added with ``+`` but a callback's or a logger's (every other key a run takes
+    is in its config), and each ``${...}`` it gives resolves."""
+    hydra = cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
+    if hydra is None:  # composed outside a Hydra run
+        return
+    groups = hydra.runtime.choices
+    given = OmegaConf.to_container(hydra.overrides.task)  # as typed: their ${...} unresolved
+    for override in OverridesParser.create().parse_overrides(given):
+        key = override.key_or_group
+        if override.is_add() and key.split(".")[0] not in FREE and key not in groups:
+            parent = key.rpartition(".")[0]
+            raise unknown_key(key, OmegaConf.select(cfg, parent) if parent else cfg)
+        if key not in groups and "${" in override.input_line:
+            try:
+                OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+            except InterpolationResolutionError as e:
+                reason = str(e).split("\n", 1)[0]  # without OmegaConf's lines on the node
+                raise UserError(f"{key} does not resolve: {reason}. Fix it on the command line.") from None
+
+
+def _check_batch_limits(cfg: DictConfig, stages: tuple[str, ...]) -> None:
+    """Each stage's ``trainer.limit_<stage>_batches``: a number of batches, a fraction of them, or null for all (a
+    test of none tests nothing); not a fraction that leaves none, which Lightning refuses once the data is loaded."""
+    for stage in stages:
+        least, limit = int(stage == "test"), cfg.trainer[f"limit_{stage}_batches"]
+        fraction = isinstance(limit, float) and (limit > 0 if least else limit >= 0) and limit <= 1
+        if not (limit is None or (_whole(limit) and limit >= least) or fraction):
+            fractions = "a fraction above 0 up to 1" if least else "a fraction from 0 to 1"
+            batches = "a number of batches" + (" of at least 1" if least else "")
+            raise invalid(f"trainer.limit_{stage}_batches", limit, f"{batches}, {fractions}, or null for all")
+    sizes = cfg.data.expected_sizes or SPLIT_SIZES
+    n_test = sizes["test"]
     images = {"test": n_test}
     if "train" in stages:  # without a hold-out, val is the test set
         val_size = cfg.data.val_size
-        images |= {"train": (sizes.get("train") or FASHION_MNIST_TRAIN_SIZE) - val_size, "val": val_size or n_test}
+        images |= {"train": sizes["train"] - val_size, "val": val_size or n_test}
     for stage in stages:
         limit = cfg.trainer[f"limit_{stage}_batches"]
         batches = -(-images[stage] // cfg.data.batch_size)
@@ -279,25 +317,27 @@ def _train_batches(cfg: DictConfig, images: int) -> int:
 
 
 def _check_train(cfg: DictConfig) -> None:
-    if missing := [name for name in ALWAYS if name not in (cfg.callbacks or {})]:
+    always = Path(cfg.paths.root_dir) / "conf" / "callbacks" / "always.yaml"  # what every callbacks= choice has
+    names = OmegaConf.load(always).keys() if always.is_file() else ()
+    if missing := [name for name in names if name not in (cfg.callbacks or {})]:
         raise UserError(
             f"The run lacks the callbacks {', '.join(missing)}, which every run has (conf/callbacks/always.yaml): "
             f"the epoch history and the checkpoints come from them. Leave them in callbacks."
         )
-    n_train = (cfg.data.expected_sizes or {}).get("train") or FASHION_MNIST_TRAIN_SIZE
+    n_train = (cfg.data.expected_sizes or SPLIT_SIZES)["train"]
     if not 0 <= cfg.data.val_size < n_train:
         raise invalid(
             "data.val_size",
             cfg.data.val_size,
             f"a whole number from 0 to {n_train - 1} (0 validates on the test set, as the chapter does)",
         )
-    if MODELS.get(cfg.impl._target_) == "scratch" and cfg.optim._target_ != SCRATCH_SGD:
+    if MODELS.get(cfg.impl._target_) == "scratch" and cfg.optim._target_ != SCRATCH_OPTIMIZER:
         raise UserError(
             f"impl=scratch trains with its hand-written SGD (optim=scratch_sgd, which impl=scratch selects), so it "
             f"cannot use the optimizer {cfg.optim._target_}. Leave optim= out with impl=scratch, or use impl=concise "
             f"for other optimizers."
         )
-    _check_batch_fractions(cfg, ("train", "val", "test"))
+    _check_batch_limits(cfg, ("train", "val", "test"))
     if cfg.test_ckpt == "best" and (unvalidated := _never_validated(cfg)):
         raise UserError(
             f"test_ckpt=best tests the checkpoint with the best val/acc, and {unvalidated}, so none would be chosen. "
@@ -313,7 +353,7 @@ def _check_train(cfg: DictConfig) -> None:
 
 
 def _check_eval(cfg: DictConfig) -> None:
-    _check_batch_fractions(cfg, ("test",))
+    _check_batch_limits(cfg, ("test",))
     trainer = {k: cfg.trainer[k] for k in ("strategy", "devices", "num_nodes")}
     if trainer != {"strategy": "auto", "devices": 1, "num_nodes": 1}:
         raise UserError(
@@ -351,11 +391,10 @@ def check_config(cfg: DictConfig, app: str, machine: bool = True) -> None:
     """Refuse, as a :class:`UserError`, a config of ``app`` (train, eval or predict) that cannot run as asked;
     ``machine=False`` leaves out :func:`check_machine`, the check of this machine's devices."""
     try:
-        checked = typed(cfg, app)
-        _check_rules(checked, cfg)
-        COMBINATIONS[app](checked)
+        check_values(cfg)
+        COMBINATIONS[app](cfg)
         if machine and app != "predict":
-            check_machine(checked.trainer)
+            check_machine(cfg.trainer)
     except InterpolationResolutionError as e:  # a ${...} of the command line's that names nothing, or a wrong type
         reason = str(e.msg).split("\n", 1)[0]  # without OmegaConf's lines on the node
         raise UserError(f"{e.full_key} does not resolve: {reason}. Fix it on the command line.") from None

@@ -5,15 +5,16 @@ A batch is one ``index_select`` and one cast: the values of ``transforms.ToTenso
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 import torch
+from annotated_types import Ge, Gt
 from torch.utils.data import DataLoader
 
-from fashion_mnist_softmax.data.fashion_mnist import DEFAULT_SEARCH_DIRS, ensure_raw_files, load_split
+from fashion_mnist_softmax.data.fashion_mnist import DEFAULT_SEARCH_DIRS, SPLIT_SIZES, ensure_raw_files, load_split
 from fashion_mnist_softmax.errors import UserError
 
 
@@ -115,15 +116,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str = "data",
-        batch_size: int = 256,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        shuffle_seed: int = 0,
+        batch_size: Annotated[int, Ge(1)] = 256,
+        val_size: Annotated[int, Ge(0)] = 5000,
+        split_seed: Annotated[int, Ge(0)] = 0,
+        shuffle_seed: Annotated[int, Ge(0)] = 0,
         normalize: bool = False,
         search_dirs: Sequence[str] = DEFAULT_SEARCH_DIRS,
         download: bool = True,
-        download_timeout: float = 10.0,
-        expected_sizes: dict[str, int] | None = None,
+        download_timeout: Annotated[float, Gt(0)] = 10.0,
+        expected_sizes: Mapping[str, int] | None = SPLIT_SIZES,  # None: any size
     ) -> None:
         super().__init__()
         self.root, self.batch_size, self.val_size = Path(root), batch_size, val_size

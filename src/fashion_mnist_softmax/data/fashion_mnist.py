@@ -37,6 +37,7 @@ RAW_FILES = {
     "t10k-labels-idx1-ubyte": LABELS_MAGIC,
 }
 DEFAULT_SEARCH_DIRS = ("/usr/share/datasets/fashion-mnist",)
+SPLIT_SIZES = {"train": 60000, "test": 10000}  # the images of each split
 
 
 def get_fashion_mnist_labels(labels: Sequence[int] | torch.Tensor) -> list[str]:

@@ -6,6 +6,7 @@ MODELS = {
     "fashion_mnist_softmax.models.scratch.ScratchSoftmaxRegression": "scratch",
     "fashion_mnist_softmax.models.concise.ConciseSoftmaxRegression": "concise",
 }
+SCRATCH_OPTIMIZER = "fashion_mnist_softmax.models.scratch.SGD"  # impl=scratch's hand-written SGD, its only optimizer
 # the same classes by the import paths that checkpoints of version 0.1 name (fashion_mnist_softmax.scratch...)
 MOVED = {f"fashion_mnist_softmax.{path.split('.', 2)[2]}": path for path in MODELS}
 

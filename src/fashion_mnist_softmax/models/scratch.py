@@ -8,9 +8,10 @@ logits (``exp(1000)`` is inf), so these subtract the row maximum first, which ch
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from fashion_mnist_softmax.models.classifier import Classifier, beside
@@ -72,7 +73,13 @@ def sgd(
 class SGD(torch.optim.Optimizer):
     """:func:`sgd` as a ``torch.optim.Optimizer``: Lightning, schedulers and checkpoints need one."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: Annotated[float, Gt(0)],
+        momentum: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
+        weight_decay: Annotated[float, Ge(0)] = 0.0,
+    ) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()

@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fashion_mnist_softmax import console
+from fashion_mnist_softmax.checkpoints import load_model
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.files import write_json_atomic
-from fashion_mnist_softmax.run.checkpoints import load_model
 from fashion_mnist_softmax.run.inspection import Figures
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS
 from fashion_mnist_softmax.run.progress import EpochProgressBar

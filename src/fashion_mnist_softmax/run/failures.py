@@ -15,10 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from fashion_mnist_softmax.config.checks import check_config, unknown_key
-from fashion_mnist_softmax.config.schema import APPS
+from fashion_mnist_softmax.config.checks import APPS, check_config, expected_of, invalid, unknown_key
 from fashion_mnist_softmax.console import paragraph, refuse
 from fashion_mnist_softmax.errors import JobFailed, UserError
 
@@ -53,6 +52,8 @@ def composition_error(e: CompactHydraException) -> UserError:
     cause = e.__cause__
     if isinstance(cause, ConfigAttributeError | ConfigKeyError) and isinstance(cause.parent_node, DictConfig):
         return unknown_key(cause.full_key, cause.parent_node)
+    if isinstance(cause, ValidationError) and isinstance(cause.parent_node, DictConfig):  # of the wrong type
+        return invalid(cause.full_key, cause.value, expected_of(cause.parent_node, cause.full_key.rpartition(".")[2]))
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file:
         group, _, choice = e.missing_cfg_file.rpartition("/")
         close = difflib.get_close_matches(choice, e.options, n=1)

@@ -10,13 +10,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fashion_mnist_softmax import console
+from fashion_mnist_softmax.checkpoints import load_model
 from fashion_mnist_softmax.config.checks import as_list
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule, InMemoryFashionMNIST, standardise
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES
 from fashion_mnist_softmax.data.images import image_files, read_image
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
-from fashion_mnist_softmax.run.checkpoints import load_model
 
 PREDICTIONS_FILE = "predictions.json"
 

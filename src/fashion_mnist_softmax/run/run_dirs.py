@@ -17,8 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from fashion_mnist_softmax.config.checks import check_config, multi_node_refusal, typed, writable
-from fashion_mnist_softmax.config.schema import APPS
+from fashion_mnist_softmax.config.checks import APPS, check_config, check_values, multi_node_refusal, writable
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 
@@ -58,8 +57,8 @@ def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
         )
     if kind == "run" and app in APPS:
         check_config(config, app)
-    elif app in APPS:  # a sweep's jobs each check their own values; the keys and types they share, here first
-        typed(config, app)
+    elif app in APPS:  # a sweep's jobs each check their own values; what they share, here first
+        check_values(config)
     local = "slurm" not in str(config.hydra.launcher.get("_target_", "")).lower()
     if kind == "sweep" and local and (num_nodes := OmegaConf.select(config, "trainer.num_nodes", default=1) or 1) > 1:
         raise multi_node_refusal(num_nodes)

@@ -14,12 +14,12 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_mnist_softmax import console
+from fashion_mnist_softmax.checkpoints import load_checkpoint
 from fashion_mnist_softmax.console import paragraph
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
-from fashion_mnist_softmax.run.checkpoints import load_checkpoint
 from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC

@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
@@ -77,7 +77,8 @@ def group_key(cfg: dict[str, Any], written: dict[str, Any]) -> str:
     for key in MEMBER_KEYS:
         _drop(shared, key)
     if shared.get("optim", {}).get("_target_") in SGDS:
-        _drop(shared, "optim._target_")  # the hand-written SGD and torch's take the same steps
+        # either SGD, its other options at torch's defaults (why_not_fused): the same steps, whatever keys it declares
+        _drop(shared, "optim")
     return json.dumps(shared, sort_keys=True).replace(cfg["paths"]["output_dir"], "<job dir>")
 
 
@@ -95,7 +96,7 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
     other = {
         key: value
         for key, value in cfg["optim"].items()
-        if key not in FUSED_SGD_KEYS and (key not in SGD_DEFAULTS or value != SGD_DEFAULTS[key])
+        if key not in FUSED_SGD_KEYS and not key.startswith("_") and value != SGD_DEFAULTS.get(key, value)
     }
     if other:
         options = ", ".join(
@@ -114,7 +115,7 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "several nodes"
     if trainer.get("accumulate_grad_batches", 1) != 1 or trainer.get("gradient_clip_val"):
         return "gradient accumulation or clipping"
-    if trainer.get("precision", "32-true") != "32-true":
+    if trainer.get("precision") not in (None, "32-true"):
         return f"the precision {trainer['precision']}: a fused group trains in 32-true"
     if trainer.get("max_steps", -1) != -1 or any(
         trainer.get(f"limit_{s}_batches") is not None for s in ("train", "val", "test")
@@ -225,7 +226,7 @@ def train_group(cfgs: list[dict[str, Any]], envs: list[dict[str, str]]) -> list[
             member.figures.figs = figs
     with _painting(members):
         shuffle_seeds = [member.cfg["data"]["shuffle_seed"] for member in members]
-        data = {k: v for k, v in base["data"].items() if k not in ("_target_", "shuffle_seed")}
+        data = {k: v for k, v in base["data"].items() if not k.startswith("_") and k != "shuffle_seed"}
         datamodule = FusedDataModule(sorted(set(shuffle_seeds)), **data)
         module = FusedSoftmaxRegression(
             [tuple(t.detach() for t in member.model.weights()) for member in members],
@@ -235,9 +236,8 @@ def train_group(cfgs: list[dict[str, Any]], envs: list[dict[str, str]]) -> list[
             [member.max_loss for member in members],
         )
         members_run = Members(members, figs)
-        trainer_args = {k: v for k, v in base["trainer"].items() if k not in ("_target_", "default_root_dir")}
-        trainer = L.Trainer(
-            **trainer_args,
+        trainer: L.Trainer = instantiate(
+            base["trainer"],
             logger=False,
             callbacks=[members_run],
             plugins=[AtomicCheckpointIO()],

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from fashion_mnist_softmax.checkpoints import DATA_STATE
 from fashion_mnist_softmax.data.datamodule import EpochBatchSampler, FashionMNISTDataModule
 from fashion_mnist_softmax.data.fashion_mnist import IMAGE_SIZE, NUM_CLASSES
 from fashion_mnist_softmax.models.classifier import Classifier, EpochMean, accuracy, with_scheduler
 from fashion_mnist_softmax.models.concise import ConciseSoftmaxRegression
 from fashion_mnist_softmax.models.scratch import SGD, ScratchSoftmaxRegression, cross_entropy
-from fashion_mnist_softmax.run.checkpoints import DATA_STATE
 from fashion_mnist_softmax.run.guards import DivergedLoss
 
 # the models whose training the population takes over: a softmax regression, W (784, 10) and b (10,), trained with
