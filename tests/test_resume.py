@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -249,3 +250,23 @@ def test_a_sigint_in_a_sweep_stops_it_and_its_summary_says_where(fake_archives, 
     rows = (sweep / SUMMARY_CSV).read_text().splitlines()
     assert len(rows) == 2 and ",interrupted," in rows[1] and "interrupted after epoch 1" in rows[1]
     assert not (sweep / "1").exists()
+
+
+def test_a_sigint_in_an_optuna_search_says_to_run_the_search_again_which_continues_its_study(fake_archives, tmp_path):
+    """A search's job cannot be resumed on its own (a search runs with -m) and its trial ends as failed: the run
+    says to run the search's command again, and that command continues the stored study."""
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = ["-m", *common, f"paths.log_dir={tmp_path / 'logs'}", "hparams_search=optuna"]
+    search += [f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=int", "hydra.sweeper.n_trials=1"]
+    signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=1"]
+    stopped = run_script("train.py", *search, *signal_at, env={"PYTHONPATH": str(ROOT / "tests")})
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    said = " ".join(stopped.stdout.split())
+    assert "Resume with" not in said
+    assert f"Its trial is recorded as failed in study int ({storage}). To go on with the search, run its" in said
+
+    again = run_script("train.py", *search)  # the same command, without the test's signal
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = optuna.load_study(study_name="int", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]

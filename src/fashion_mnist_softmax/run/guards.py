@@ -12,10 +12,12 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.run_dirs import hydra_value
 
 
@@ -140,3 +142,28 @@ def resume_command(run_dir: Path, ckpt_path: Path) -> str:
     script = Path(os.environ.get("PROJECT_ROOT", ".")).absolute() / "train.py"
     shown = os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
     return shlex.join(["python", shown, *kept, *dirs])
+
+
+def search_goes_on() -> str | None:
+    """In a job of a search (``hparams_search``, or ``hydra/sweeper=optuna``): how to go on after a Ctrl-C. Its
+    sweeper records the job's trial as failed, and the resume command would be refused (a search runs with -m):
+    the search's own command, run again, continues a stored study. None outside a search."""
+    if not in_multirun():
+        return None
+    hydra = HydraConfig.get()
+    choices = hydra.runtime.choices
+    if not choices.get("hparams_search") and choices.get("hydra/sweeper") != "optuna":
+        return None
+    storage, study = hydra.sweeper.get("storage"), hydra.sweeper.get("study_name")
+    if storage and study:
+        return (
+            f"Its trial is recorded as failed in study {study} ({storage}). To go on with the search, run its command "
+            f"again (train.py -m ...): it continues the study with new trials."
+        )
+    return (
+        "Its trial is recorded as failed, and the study, "
+        + ("held in memory" if not storage else "which has no name")
+        + ", ends with this command: running the command again starts a new search. A search continues when its "
+        "command runs again if it names a storage and a study: hydra.sweeper.storage=sqlite:///logs/optuna.db "
+        "hydra.sweeper.study_name=softmax."
+    )

@@ -21,7 +21,7 @@ from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
 from fashion_mnist_softmax.run.failures import in_multirun
-from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command
+from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command, search_goes_on
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
 from fashion_mnist_softmax.run.pruning import ReportToTrial
 from fashion_mnist_softmax.run.record import EpochSummary, end_run, epoch_summary, run_metrics, stage_metrics, test_line
@@ -118,7 +118,9 @@ def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> 
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     stopped = f"Interrupted after {len(metrics['history'])} of {trainer.max_epochs} epochs"
     saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
-    if saver is not None and saver.saved:
+    if saver is not None and saver.saved and (search := search_goes_on()):
+        print(paragraph(f"{stopped}: saved {saver.path}. {search}"))
+    elif saver is not None and saver.saved:
         print(f"{stopped}: saved {saver.path}. Resume with:\n  {resume_command(run_dir, saver.path)}")
     else:  # stopped before training started, or without SaveOnInterrupt: Lightning stopped it, and nothing was saved
         print(f"{stopped}.")
