@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -17,7 +20,7 @@ from fashion_mnist_softmax.run.guards import StopOnDivergedLoss
 from fashion_mnist_softmax.run.metrics import VAL_ACC
 from fashion_mnist_softmax.run.training import train
 
-from helpers import run_script
+from helpers import ROOT, run_script
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -110,9 +113,13 @@ def test_what_fails_once_the_run_started_hydra_reports_as_it_always_does(tiny_tr
 
 
 def test_an_optuna_search_without_multirun_is_refused(tmp_path):
-    result = run_script("train.py", "hparams_search=optuna", f"paths.log_dir={tmp_path / 'logs'}", env=ONE_THREAD)
+    """Started by an interpreter that the shell's python is not (make train in a shell without the venv), the
+    refusal's command names that interpreter."""
+    no_venv = {**ONE_THREAD, "PATH": "/usr/bin:/bin"}
+    result = run_script("train.py", "hparams_search=optuna", f"paths.log_dir={tmp_path / 'logs'}", env=no_venv)
     assert result.returncode == 2 and not (tmp_path / "logs").exists()
-    assert_clear_failure(result, "A search (hparams_search=optuna) runs with -m")
+    python = os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable
+    assert_clear_failure(result, f"A search (hparams_search=optuna) runs with -m: {python} train.py -m hparams_search")
 
 
 @pytest.mark.parametrize("setting", ["n_trials=0", "n_jobs=0"])

@@ -24,6 +24,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fashion_mnist_softmax.console import python_command
 from fashion_mnist_softmax.run.metrics import (
     COMPLETED,
     EPOCH_TIME,
@@ -193,7 +194,8 @@ def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whol
     base = [*tiny_overrides(fake_archives, tmp_path / "data", run), f"hydra.run.dir={run}"]  # 2 epochs of 14 steps
     signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=1"]
     tests = {"PYTHONPATH": str(ROOT / "tests")}
-    interrupted = run_script("train.py", *base, *signal_at, env=tests)
+    no_venv = {**tests, "PATH": "/usr/bin:/bin"}  # a shell without the venv on its PATH, which make train runs from
+    interrupted = run_script("train.py", *base, *signal_at, env=no_venv)
     last = run / "checkpoints" / "last.ckpt"
     assert interrupted.returncode == 1, interrupted.stderr[-2000:]
     said = interrupted.stdout.splitlines()
@@ -204,9 +206,9 @@ def test_a_sigint_in_an_epochs_last_step_stops_after_its_end_and_resumes_it_whol
     stopped = read_metrics(run)  # written when it stopped
     assert stopped[STATUS] == INTERRUPTED and [row["epoch"] for row in stopped["history"]] == [1]
 
-    on_path = {**os.environ, **tests, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    resumed = subprocess.run(["bash", "-c", command], cwd=ROOT, env=on_path, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]  # pasted as printed, it finishes the run in its dir
+    in_that_shell = {**os.environ, **no_venv}
+    resumed = subprocess.run(["bash", "-c", command], cwd=ROOT, env=in_that_shell, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]  # pasted as printed in that shell, it finishes the run
     assert "Checkpoint directory" not in resumed.stdout + resumed.stderr
     finished = read_metrics(run)
     history = finished["history"]
@@ -232,6 +234,17 @@ def test_last_ckpt_ends_every_epoch_when_validation_runs_every_other_one(tiny_cf
 def test_a_path_in_a_resume_command_reads_back_as_itself(path):
     (override,) = OverridesParser.create().parse_overrides([f"hydra.run.dir={hydra_value(path)}"])
     assert override.value() == path
+
+
+def test_a_printed_command_names_the_python_that_runs_it_unless_the_shells_python_is_that_one(monkeypatch, tmp_path):
+    script = ROOT / "train.py"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin")  # an activated venv
+    assert python_command(script, "a b") == "python train.py 'a b'"
+    monkeypatch.setenv("PATH", str(tmp_path))  # a shell without it or any python: make train, .venv/bin/python ...
+    here = Path(sys.executable)
+    python = os.path.relpath(here) if here.absolute().is_relative_to(ROOT) else str(here)
+    assert python_command(script, "a b") == f"{python} train.py 'a b'"
 
 
 def test_a_sigint_in_a_sweep_stops_it_and_its_summary_says_where(fake_archives, tmp_path):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import shutil
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError
 
@@ -19,6 +23,20 @@ def refuse(error: UserError) -> None:
     """End this process with the error's paragraph on stderr and ``EXIT_USER_ERROR``."""
     print("\nError: " + paragraph(error.message), file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
+
+
+def python_command(script: str | Path, *args: str) -> str:
+    """The command that runs ``script`` with ``args`` in the user's shell, quoted for it: ``python`` where the shell's
+    ``python`` is this process's interpreter (an activated venv), otherwise that interpreter's path (``make train``
+    runs ``.venv/bin/python`` in a shell whose ``python`` may be another, or none); paths relative to the working
+    directory when under it."""
+
+    def shown(path: Path) -> str:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+    here, found = Path(sys.executable).absolute(), shutil.which("python")
+    same = found is not None and Path(found).absolute().parent == here.parent and Path(found).samefile(here)
+    return shlex.join(["python" if same else shown(here), shown(Path(script).absolute()), *args])
 
 
 # Lightning's info lines: an advertisement, notices about its own defaults, and what the run says itself

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fashion_mnist_softmax.console import python_command
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.run_dirs import hydra_value
@@ -132,16 +132,15 @@ class SaveOnInterrupt(HeldInterrupt):
 
 
 def resume_command(run_dir: Path, ckpt_path: Path) -> str:
-    """The command that resumes a run in its own dir from ``ckpt_path``, quoted for the shell: ``train.py`` with the
-    run's own overrides, as Hydra wrote them into its dir (so that any process of the run, a DDP rank or a sweep's
-    worker, says the same), then its dir and checkpoint."""
+    """The command that resumes a run in its own dir from ``ckpt_path``, as the user's shell runs it
+    (:func:`~fashion_mnist_softmax.console.python_command`): ``train.py`` with the run's own overrides, as Hydra wrote
+    them into its dir (so that any process of the run, a DDP rank or a sweep's worker, says the same), then its dir
+    and checkpoint."""
     written = run_dir / ".hydra" / "overrides.yaml"
     given = (yaml.safe_load(written.read_text()) or []) if written.is_file() else []
     kept = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
     dirs = [f"hydra.run.dir={hydra_value(run_dir)}", f"ckpt_path={hydra_value(ckpt_path)}"]
-    script = Path(os.environ.get("PROJECT_ROOT", ".")).absolute() / "train.py"
-    shown = os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
-    return shlex.join(["python", shown, *kept, *dirs])
+    return python_command(Path(os.environ.get("PROJECT_ROOT", ".")) / "train.py", *kept, *dirs)
 
 
 def search_goes_on() -> str | None:

@@ -10,6 +10,7 @@ and names it ``<time>_1``, ``<time>_2``, ... when another run took the name firs
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fashion_mnist_softmax.config.checks import APPS, check_config, check_values, multi_node_refusal, writable
-from fashion_mnist_softmax.console import refuse
+from fashion_mnist_softmax.console import python_command, refuse
 from fashion_mnist_softmax.errors import UserError
 
 
@@ -51,9 +52,12 @@ def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
     """Check ``config`` and give it a dir of its own: ``kind`` is "run" or "sweep"."""
     choices = config.hydra.runtime.choices
     if kind == "run" and (search := choices.get("hparams_search")):
+        command = python_command(
+            Path(os.environ.get("PROJECT_ROOT", ".")) / "train.py", "-m", f"hparams_search={search}"
+        )
         raise UserError(
-            f"A search (hparams_search={search}) runs with -m: python train.py -m hparams_search={search}. Without -m, "
-            f"train.py would train one run of the search's base config and search nothing."
+            f"A search (hparams_search={search}) runs with -m: {command}. Without -m, train.py would train one run of "
+            f"the search's base config and search nothing."
         )
     if kind == "run" and app in APPS:
         check_config(config, app)
