@@ -45,8 +45,10 @@ tensorboard: install
 dashboard: install
 	$(BIN)/optuna-dashboard sqlite:///$(DB) --host 127.0.0.1
 
-# the MLflow UI of logs/mlflow.db (logger=mlflow); its first use installs the UI, the mlflow package (about 550 MB)
+# the MLflow UI of logs/mlflow.db (logger=mlflow); its first use installs the UI, the mlflow package (about 550 MB).
+# No usage data sent (MLFLOW_DISABLE_TELEMETRY=false sends it).
 mlflow: $(MLFLOW_UI)
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} \
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath logs/mlflow.db) --host 127.0.0.1
 
 $(MLFLOW_UI): $(STAMP)

@@ -102,9 +102,15 @@ def tiny_cfg(compose_cfg, fake_archives: Path, tmp_path: Path) -> Callable[..., 
     return _cfg
 
 
+# for run_script's env: what MLflow reads to decide whether it sends usage data, as a user's shell has none of it
+# (no test runner, no CI, no choice of the user's)
+NOT_A_TEST = {"PYTEST_CURRENT_TEST": None, "CI": None, "MLFLOW_DISABLE_TELEMETRY": None, "DO_NOT_TRACK": None}
+
+
 def run_script(script: str, *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
-    """Run a top-level entry point (train.py, eval.py, ...) in a real subprocess."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """Run a top-level entry point (train.py, eval.py, ...) in a real subprocess; a variable of ``env`` set to None
+    is left out of its environment."""
+    full_env = {k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}.items() if v is not None}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd or ROOT,

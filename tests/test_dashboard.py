@@ -1,4 +1,5 @@
-"""optuna-dashboard (``make dashboard DB=...``) serves a study's trials over HTTP on 127.0.0.1."""
+"""optuna-dashboard (``make dashboard DB=...``) serves a study's trials over HTTP on 127.0.0.1; ``make mlflow``
+starts the MLflow UI as the docs say."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+
+from helpers import ROOT
 
 
 def free_port() -> int:
@@ -57,3 +60,14 @@ def test_the_dashboard_serves_a_study_and_its_trials(tmp_path: Path):
         server.terminate()
         server.wait(timeout=30)
     assert server.returncode is not None
+
+
+def make_recipe(target: str, *installed: str) -> str:
+    """The shell command of a make target, its prerequisites taken as installed."""
+    skip = [arg for stamp in installed for arg in ("-o", stamp)]
+    return subprocess.run(["make", "-n", *skip, target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def test_make_mlflow_sends_no_usage_data_unless_told_to():
+    recipe = make_recipe("mlflow", ".venv/.mlflow-ui-stamp")
+    assert "MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}" in recipe and "mlflow ui" in recipe

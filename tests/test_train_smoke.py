@@ -5,15 +5,22 @@ import re
 
 import pytest
 
-from helpers import assert_no_empty_files, run_in_terminal, run_script
+from helpers import NOT_A_TEST, assert_no_empty_files, run_in_terminal, run_script
 
 NOISE = ("💡", "litlogger", "already configured with model summary", "LeafSpec", "FLOPs", "GPU available", "Traceback")
 
 
 @pytest.mark.parametrize("callbacks", ["default", "none"])
 def test_the_console_shows_the_run_and_nothing_else(tiny_train_args, tmp_path, callbacks):
-    result = run_script("train.py", *tiny_train_args, "impl=scratch", f"callbacks={callbacks}")
+    """With callbacks=default, to every logger: MLflow sends no usage data (it would keep an installation id in
+    the user's config dir)."""
+    loggers = "logger=[tensorboard,mlflow,wandb]" if callbacks == "default" else "logger=tensorboard"
+    config_home = tmp_path / "config"
+    env = {**NOT_A_TEST, "XDG_CONFIG_HOME": str(config_home)}
+    args = [*tiny_train_args, "impl=scratch", f"callbacks={callbacks}", loggers, f"paths.log_dir={tmp_path / 'logs'}"]
+    result = run_script("train.py", *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (config_home / "mlflow").exists(), "MLflow's telemetry started"
     console = result.stdout + result.stderr
     for noise in NOISE:
         assert noise not in console, noise

@@ -59,7 +59,7 @@ from hydra_plugins.fashion_mnist_fused_launcher._core import _crossing
 from hydra_plugins.fashion_mnist_fused_launcher._groups import why_not_fused
 from hydra_plugins.fashion_mnist_fused_launcher._population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
 
-from helpers import ROOT, run_script, tiny_overrides
+from helpers import NOT_A_TEST, ROOT, run_script, tiny_overrides
 from logger_stores import Logged, mlflow_runs, wandb_run
 
 FIGURES = (SAMPLES, WEIGHTS, CURVES, CONFUSION, PREDICTIONS)
@@ -187,8 +187,9 @@ def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_c
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
     common = [o for o in common if o != "callbacks=none"] + ["callbacks=inspection", loggers]
     args = ["-m", "hydra/launcher=fused", *common, f"paths.log_dir={logs}", "optim.lr=0.05,0.1"]
-    result = run_script("train.py", *args, "seed=2")
+    result = run_script("train.py", *args, "seed=2", env={**NOT_A_TEST, "XDG_CONFIG_HOME": str(tmp_path / "config")})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "config" / "mlflow").exists(), "MLflow's telemetry started"
     (sweep,) = (logs / "train" / "multiruns").iterdir()
     alone_dir = tmp_path / "alone"
     capfd.readouterr()
