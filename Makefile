@@ -46,10 +46,12 @@ dashboard: install
 	$(BIN)/optuna-dashboard sqlite:///$(DB) --host 127.0.0.1
 
 # the MLflow UI of logs/mlflow.db (logger=mlflow); its first use installs the UI, the mlflow package (about 550 MB).
-# No usage data sent (MLFLOW_DISABLE_TELEMETRY=false sends it).
+# One worker; no usage data sent (MLFLOW_DISABLE_TELEMETRY=false sends it), no job runners (they serve MLflow's GenAI
+# features, which no run here uses), and not the deprecation its web stack warns of in every worker.
 mlflow: $(MLFLOW_UI)
-	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} \
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath logs/mlflow.db) --host 127.0.0.1
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+	PYTHONWARNINGS="ignore:starlette.middleware.wsgi is deprecated" \
+	$(BIN)/mlflow ui --workers 1 --backend-store-uri sqlite:///$(abspath logs/mlflow.db) --host 127.0.0.1
 
 $(MLFLOW_UI): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tracking,mlflow-ui]" $(addprefix -e ,$(PLUGINS))

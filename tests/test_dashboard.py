@@ -68,6 +68,10 @@ def make_recipe(target: str, *installed: str) -> str:
     return subprocess.run(["make", "-n", *skip, target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
-def test_make_mlflow_sends_no_usage_data_unless_told_to():
+def test_make_mlflow_starts_one_quiet_worker_that_sends_no_usage_data_unless_told_to():
+    """On 2 cores: one web worker and none of the job runners of MLflow's GenAI features; its web stack's
+    deprecation (starlette's WSGI middleware) not printed."""
     recipe = make_recipe("mlflow", ".venv/.mlflow-ui-stamp")
     assert "MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}" in recipe and "mlflow ui" in recipe
+    assert "mlflow ui --workers 1" in recipe and "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in recipe
+    assert 'PYTHONWARNINGS="ignore:starlette.middleware.wsgi is deprecated"' in recipe
