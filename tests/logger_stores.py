@@ -12,7 +12,7 @@ Logged = dict[str, list[tuple[int, float]]]  # (step, value) per metric
 
 
 def mlflow_runs(db: Path, experiment: str = "train") -> dict[str, dict]:
-    """Each run of the experiment by its ``run_dir`` tag: its status, metrics, params and artifact names."""
+    """Each run of the experiment by its ``run_dir`` tag: its name, status, metrics, params and artifact names."""
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     found = {}
@@ -23,6 +23,7 @@ def mlflow_runs(db: Path, experiment: str = "train") -> dict[str, dict]:
         }
         artifacts = [Path(a.path).name for a in client.list_artifacts(run_id, "figures")]
         found[run.data.tags["run_dir"]] = {
+            "name": run.info.run_name,
             "status": run.info.status,
             "metrics": metrics,
             "params": run.data.params,
@@ -50,13 +51,16 @@ def _records(path: Path):
 
 
 def wandb_run(run_dir: Path) -> dict:
-    """The one offline W&B run in ``run_dir/wandb``: its scalars by Lightning's step, its config keys, its images."""
+    """The one offline W&B run in ``run_dir/wandb``: its name, its scalars by Lightning's step, its config keys, its
+    images."""
     (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     metrics: Logged = {}
-    config, exit_code = set(), None
+    config, exit_code, name = set(), None, None
     for record in _records(path):
         kind = record.WhichOneof("record_type")
-        if kind == "history":
+        if kind == "run":
+            name = record.run.display_name
+        elif kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
             for key, value in row.items():
                 if not key.startswith("_") and key != "trainer/global_step" and isinstance(value, int | float):
@@ -66,4 +70,4 @@ def wandb_run(run_dir: Path) -> dict:
         elif kind == "exit":
             exit_code = record.exit.exit_code
     images = sorted(p.name.split("_")[0] for p in path.parent.glob("files/media/images/*.png"))
-    return {"metrics": metrics, "config": config, "images": images, "exit_code": exit_code}
+    return {"name": name, "metrics": metrics, "config": config, "images": images, "exit_code": exit_code}

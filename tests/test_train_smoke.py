@@ -6,6 +6,7 @@ import re
 import pytest
 
 from helpers import NOT_A_TEST, assert_no_empty_files, run_in_terminal, run_script
+from logger_stores import mlflow_runs, wandb_run
 
 NOISE = ("💡", "litlogger", "already configured with model summary", "LeafSpec", "FLOPs", "GPU available", "Traceback")
 
@@ -21,6 +22,9 @@ def test_the_console_shows_the_run_and_nothing_else(tiny_train_args, tmp_path, c
     result = run_script("train.py", *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (config_home / "mlflow").exists(), "MLflow's telemetry started"
+    if callbacks == "default":  # named by its run dir, not by a name drawn from Python's random, seeded alike
+        run = tmp_path / "run"
+        assert mlflow_runs(tmp_path / "logs" / "mlflow.db")[str(run)]["name"] == run.name == wandb_run(run)["name"]
     console = result.stdout + result.stderr
     for noise in NOISE:
         assert noise not in console, noise

@@ -181,6 +181,14 @@ def assert_same_scalars(together: Logged, alone: Logged, store: str) -> None:
         assert [v for _, v in together[tag]] == pytest.approx([v for _, v in alone[tag]], abs=1e-4), (store, tag)
 
 
+def job_name(job_dir: Path) -> str:
+    """A sweep's job as MLflow and W&B name it: its overrides, as Hydra joins them, but the loggers'."""
+    overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+    name = ",".join(sorted(o for o in overrides if not o.startswith("logger=")))
+    assert "optim.lr=" in name and "seed=2" in name
+    return name
+
+
 def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_cfg, tmp_path, capfd):
     """To every logger: TensorBoard, MLflow's sqlite store and W&B offline, combined as logger=[...] combines them."""
     loggers, logs = "logger=[tensorboard,mlflow,wandb]", tmp_path / "logs"
@@ -210,11 +218,14 @@ def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_c
     runs = mlflow_runs(logs / "mlflow.db")
     assert len(runs) == 3 and {run["status"] for run in runs.values()} == {"FINISHED"}
     together, alone = runs[str(sweep / "1")], runs[str(alone_dir)]
+    named = {job: job_name(sweep / job) for job in ("0", "1")}  # a job by its overrides, a lone run by its dir
+    assert [runs[str(sweep / job)]["name"] for job in named] == list(named.values()) and alone["name"] == "alone"
     assert_same_scalars(together["metrics"], alone["metrics"], "mlflow")
     assert together["params"] == alone["params"] and {"lr", "optimizer/lr", "impl"} <= alone["params"].keys()
     assert together["artifacts"] == alone["artifacts"] == sorted(f"{name}.png" for name in FIGURES)
 
     together, alone = wandb_run(sweep / "1"), wandb_run(alone_dir)
+    assert (together["name"], alone["name"]) == (named["1"], "alone")
     assert_same_scalars(together["metrics"], alone["metrics"], "wandb")
     assert together["config"] == alone["config"] and {"lr", "optimizer", "impl"} <= alone["config"]
     assert together["images"] == alone["images"] and set(alone["images"]) == set(FIGURES)

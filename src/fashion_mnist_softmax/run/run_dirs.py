@@ -15,7 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fashion_mnist_softmax.config.checks import APPS, check_config, check_values, multi_node_refusal, writable
@@ -42,6 +44,21 @@ def hydra_value(path: str | Path) -> str:
     if re.fullmatch(r"[A-Za-z0-9_./-]+", text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def run_name(run_dir: str) -> str:
+    """A run's name in MLflow and W&B (``${run_name:${paths.output_dir}}`` in ``conf/logger/``), which otherwise
+    draw one from Python's ``random``, seeded alike in every run: a job of a multirun by its overrides
+    (``hydra.job.override_dirname``: what tells a sweep's jobs apart), any other run by its dir's name."""
+    job = HydraConfig.get() if HydraConfig.initialized() else None
+    if job is not None and job.mode == RunMode.MULTIRUN and job.job.override_dirname:
+        return job.job.override_dirname
+    return Path(run_dir).name
+
+
+# where a run's config resolves, this module is loaded: it is the Hydra callback of every app (conf/hydra/default.yaml)
+if not OmegaConf.has_resolver("run_name"):
+    OmegaConf.register_new_resolver("run_name", run_name)
 
 
 def _given(config: DictConfig, key: str) -> bool:
