@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from omegaconf import OmegaConf
 
 from helpers import ROOT, tiny_overrides
 
@@ -35,3 +36,10 @@ def test_the_notebook_runs_and_shows_the_chapters_numbers_and_figures(fake_archi
     assert tested["scratch"] == tested["concise"]  # scratch ≡ concise: test accuracy and loss to 4 digits
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4  # samples, weight templates, confusion matrix, predictions
+
+
+def test_the_notebook_names_every_key_the_optuna_search_varies():
+    searched = OmegaConf.load(ROOT / "conf" / "hparams_search" / "optuna.yaml").hydra.sweeper.params
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    (said,) = [item for cell in nb.cells for item in cell.source.split("\n- ") if "hparams_search=optuna" in item]
+    assert [key for key in searched if f"`{key}`" not in said] == []
