@@ -171,6 +171,7 @@ def test_resuming_a_finished_run_into_a_new_dir(world, reference, max_epochs):
     result = run_script("train.py", *args(world, f"trainer.max_epochs={max_epochs}", f"ckpt_path={last}"))
     console = result.stdout + result.stderr
     assert result.returncode == 0 and "Traceback" not in console, console[-3000:]
+    assert "The dirpath has changed" not in console  # Lightning's word for a new dir: docs/errors.md says what it means
     (new,) = run_dirs(world) - dirs
     metrics, old = read_metrics(new), read_metrics(reference)
     assert [row["epoch"] for row in metrics["history"]] == list(range(1, max_epochs + 1))

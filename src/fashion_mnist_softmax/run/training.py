@@ -82,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if resumed is not None:  # in its own dir (run/run_dirs.py), a run finds its own checkpoints there
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # in a new dir, the best checkpoint is chosen among the new dir's: what docs/errors.md says of such a resume
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     trained = len(resumed["callbacks"].get(EpochSummary.__qualname__, {}).get("history", [])) if resumed else 0
     if trained >= cfg.trainer.max_epochs:
         print(
