@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -253,12 +254,18 @@ def test_to_fashion_mnist_stretches_16_bit_and_float_images(pixels):
     assert np.abs(to_fashion_mnist(deep).astype(int) - eight_bit).max() <= 1
 
 
-def test_an_image_too_large_to_decode_is_named(tmp_path, monkeypatch):
+@pytest.mark.parametrize("limit", [100, 500])
+def test_an_image_too_large_to_decode_is_refused_before_its_pixels_are_read(tmp_path, monkeypatch, limit):
+    """Pillow refuses more than twice its limit, and above it only warns, then reads the pixels: a 144-megapixel
+    JPEG took 2.6 GB. Both are refused in one paragraph, from the file's header."""
     path = tmp_path / "huge.png"
-    Image.new("L", (28, 28)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses more than twice this many pixels
-    with pytest.raises(UserError, match=f"The file {path} cannot be read as an image .DecompressionBombError"):
+    Image.new("L", (28, 28)).save(path)  # 784 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the pixels were read"))
+    with warnings.catch_warnings(), pytest.raises(UserError, match=f"The image {path} is too large to read") as e:
+        warnings.simplefilter("error")  # nor a warning on the console
         read_image(path)
+    assert f"more than {limit:,} pixels" in e.value.message
 
 
 def test_eval_on_several_devices_is_refused_before_it_starts(compose_cfg, tmp_path):

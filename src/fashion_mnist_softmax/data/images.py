@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,30 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """One image file as a Fashion-MNIST-like 28×28 uint8 array; a clear error if it is not an image."""
+    """One image file as a Fashion-MNIST-like 28×28 uint8 array; a clear error if it is not an image, or if it has
+    more pixels than Pillow's guard against decompression bombs (``Image.MAX_IMAGE_PIXELS``), of which Pillow
+    would only warn below twice that many: such an image is refused from its header, before its pixels are read."""
     try:
-        with Image.open(path) as image:
-            return to_fashion_mnist(image)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise UserError(
-            f"The file {path} cannot be read as an image ({type(e).__name__}: {e}). Give PNG, JPEG or other "
-            f"image files, or remove this one from images=."
+            f"The image {path} is too large to read: it has more than {Image.MAX_IMAGE_PIXELS:,} pixels, the most "
+            f"that predict.py reads (Pillow's guard against decompression bombs), and each image becomes 28×28 "
+            f"anyway. Shrink it first, or remove it from images=."
         ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+    try:
+        with image:
+            return to_fashion_mnist(image)
+    except (OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> UserError:
+    return UserError(
+        f"The file {path} cannot be read as an image ({type(e).__name__}: {e}). Give PNG, JPEG or other "
+        f"image files, or remove this one from images=."
+    )
