@@ -132,6 +132,27 @@ def test_an_optuna_search_of_no_trials_or_no_jobs_at_once_is_refused(tmp_path, s
     assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
 
 
+@pytest.mark.parametrize(
+    ("storage", "said"),
+    [
+        ("sqlite://logs/x.db", "is not a valid sqlite URL: a sqlite file is sqlite:///relative/path.db (three"),
+        ("sqlite:///{tmp}/missing/x.db", "names a sqlite file in {tmp}/missing, a folder that does not exist."),
+        ("postgresql://u@localhost/db", "needs its database's driver, the Python module psycopg, which is not"),
+        ("sqlite:///{readme}", "cannot be opened as an Optuna storage: file is not a database."),
+    ],
+)
+def test_an_optuna_storage_that_cannot_be_opened_is_refused_in_a_line_and_leaves_no_sweep_dir(tmp_path, storage, said):
+    storage = storage.format(tmp=tmp_path, readme=ROOT / "README.md")
+    args = ["-m", "hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=x"]
+    result = run_script("train.py", *args, f"paths.log_dir={tmp_path / 'logs'}", env=ONE_THREAD, timeout=120)
+    assert result.returncode == 2
+    assert_clear_failure(result, f"hydra.sweeper.storage={storage} " + said.format(tmp=tmp_path))
+    refused = " ".join(result.stderr.split())
+    assert refused.count(storage) == 1 and "Error in call to target" not in refused
+    assert refused.endswith("Fix it on the command line.") != storage.startswith("postgresql")  # a driver: installed
+    assert list((tmp_path / "logs" / "train" / "multiruns").iterdir()) == []
+
+
 def test_hydra_full_error_set_by_the_user_gets_hydras_own_report(tmp_path):
     result = run_script(
         "train.py", "optim.lrr=0.1", f"paths.log_dir={tmp_path}", env=ONE_THREAD | {"HYDRA_FULL_ERROR": "1"}

@@ -116,6 +116,27 @@ def test_settings_that_no_search_runs_with_are_refused_before_any_job(hydra_swee
     assert jobs == []
 
 
+@pytest.mark.parametrize(
+    ("storage", "refused"),
+    [
+        ("sqlite://x.db", "is not a valid sqlite URL: a sqlite file is sqlite:///relative/path.db (three slashes)"),
+        ("sqlite:///{tmp}/missing/x.db", "names a sqlite file in {tmp}/missing, a folder that does not exist."),
+        ("postgresql://u@localhost/db", "needs its database's driver, the Python module psycopg, which is not"),
+        ("sqlite:///{plugin}/README.md", "cannot be opened as an Optuna storage: file is not a database."),
+        ("nodb://x", "names a database that SQLAlchemy knows no dialect of."),
+    ],
+)
+def test_a_storage_that_cannot_be_opened_is_refused_in_one_line_before_any_job(
+    hydra_sweep_runner, tmp_path, storage, refused
+):
+    storage, jobs = storage.format(tmp=tmp_path, plugin=PLUGIN), []
+    with pytest.raises(CompactHydraException) as e:
+        sweep_app(hydra_sweep_runner, tmp_path, jobs.append, f"hydra.sweeper.storage={storage}")
+    said = str(e.value)
+    assert said.startswith(f"hydra.sweeper.storage={storage} " + refused.format(tmp=tmp_path)) and "\n" not in said
+    assert jobs == []
+
+
 def configure_x(cfg: Any, trial: optuna.trial.Trial) -> None:
     trial.suggest_float("x", 0.0, 1.0)
 

@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from fashion_mnist_softmax.config.checks import APPS, check_config, expected_of, invalid, unknown_key
 from fashion_mnist_softmax.console import paragraph, refuse
 from fashion_mnist_softmax.errors import JobFailed, UserError
+from fashion_mnist_softmax.run.run_dirs import unclaim_empty_dirs
 
 T = TypeVar("T")
 ERROR_FILE = "error.txt"  # a failed job's reason, in its job dir
@@ -63,9 +64,11 @@ def composition_error(e: CompactHydraException) -> UserError:
         said = f"{e.override} does not parse: {_hydras_words(e.message)}"
     else:
         said = _hydras_words(str(e))
-        if cause is not None and str(cause) not in str(e):
+        if cause is not None and str(cause) not in str(e) and not isinstance(cause, ImportError):
             said += f": {_hydras_words(str(cause))}"
-    return UserError(f"{said}{'' if said.endswith(('.', '?')) else '.'} Fix it on the command line.")
+    # a module that is missing (a database's driver for a search's storage) is installed, as the message says
+    hint = "" if isinstance(cause, ImportError) else " Fix it on the command line."
+    return UserError(f"{said}{'' if said.endswith(('.', '?')) else '.'}{hint}")
 
 
 def _hydras_words(text: str) -> str:
@@ -102,6 +105,7 @@ def command_line_errors(main: Callable[..., T]) -> Callable[..., T]:
         try:
             return main(*args, **kwargs)
         except CompactHydraException as e:  # raised before any task started: a task's errors go to Hydra
+            unclaim_empty_dirs()  # e.g. a sweeper that refused its settings: the sweep dir holds nothing
             refuse(composition_error(e))
         finally:
             _hand_back()

@@ -9,6 +9,7 @@ and names it ``<time>_1``, ``<time>_2``, ... when another run took the name firs
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -24,6 +25,8 @@ from fashion_mnist_softmax.config.checks import APPS, check_config, check_values
 from fashion_mnist_softmax.console import python_command, refuse
 from fashion_mnist_softmax.errors import UserError
 
+CLAIMED: list[Path] = []  # the dirs this process claimed
+
 
 def claim(wanted: Path) -> Path:
     """Create ``wanted``, or the first of ``wanted_1``, ``wanted_2``, ... that no one else created; return it."""
@@ -32,10 +35,20 @@ def claim(wanted: Path) -> Path:
         path = wanted if n == 0 else wanted.with_name(f"{wanted.name}_{n}")
         try:
             path.mkdir()
+            CLAIMED.append(path)
             return path
         except FileExistsError:
             continue
     raise AssertionError("unreachable")
+
+
+def unclaim_empty_dirs() -> None:
+    """Remove the dirs this process claimed that are still empty: a run or sweep refused before it wrote anything
+    leaves no dir behind."""
+    for path in CLAIMED:
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only an empty dir
+    CLAIMED.clear()
 
 
 def hydra_value(path: str | Path) -> str:

@@ -117,6 +117,46 @@ def trials_stored(storage: optuna.storages.BaseStorage, study_name: str | None) 
         return 0
 
 
+def open_storage(url: str | None) -> optuna.storages.BaseStorage:
+    """The study's storage: ``url``'s, or memory's without one. A URL that cannot be opened is refused in one line
+    that says why: a malformed URL, a sqlite file in a folder that does not exist or that is not a database, a
+    database whose driver is not installed (raised from that ImportError)."""
+    if not url:
+        return optuna.storages.InMemoryStorage()
+    import sqlalchemy  # Optuna's RDB storage is SQLAlchemy's
+
+    said = f"hydra.sweeper.storage={url}"
+    forms = "a sqlite file is sqlite:///relative/path.db (three slashes) or sqlite:////absolute/path.db"
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise CompactHydraException(f"{said} names a database that SQLAlchemy knows no dialect of.") from None
+    except sqlalchemy.exc.ArgumentError:
+        raise CompactHydraException(f"{said} is not a database URL: {forms}.") from None
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).absolute().parent
+        if not folder.is_dir():
+            raise CompactHydraException(f"{said} names a sqlite file in {folder}, a folder that does not exist.")
+    try:
+        return optuna.storages.get_storage(url)
+    except ImportError as e:
+        module = getattr(e.__cause__, "name", None) or "that it names"
+        raise CompactHydraException(
+            f"{said} needs its database's driver, the Python module {module}, which is not installed: install it, or "
+            f"keep the study in a sqlite file (hydra.sweeper.storage=sqlite:///optuna.db)."
+        ) from e
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise CompactHydraException(f"{said} names a database that SQLAlchemy knows no dialect of.") from None
+    except sqlalchemy.exc.ArgumentError:
+        raise CompactHydraException(
+            f"{said} is not a valid {parsed.get_backend_name()} URL" + (f": {forms}." if sqlite else ".")
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise CompactHydraException(f"{said} cannot be opened as an Optuna storage: {reason}.") from None
+
+
 def check_settings(sweeper: OptunaSweeper, directions: list[str]) -> None:
     """Refuse, before any trial is asked or job dir made, settings that no search runs with."""
     rate, known = sweeper.max_failure_rate, bool(directions) and {*directions} <= {"minimize", "maximize"}
@@ -241,7 +281,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
             f"hydra.sweeper.storage=sqlite:///logs/optuna.db (or prune with a launcher that runs the jobs in this "
             f"process)."
         )
-    storage = optuna.storages.get_storage(sweeper.storage) if sweeper.storage else optuna.storages.InMemoryStorage()
+    storage = open_storage(sweeper.storage)
     sampler = make_sampler(sweeper.sampler, space, trials_stored(storage, sweeper.study_name))
     n_trials = sweeper.n_trials
     if isinstance(sampler, GridSampler):
