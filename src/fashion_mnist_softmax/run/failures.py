@@ -13,21 +13,16 @@ from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from fashion_mnist_softmax.config.checks import APPS, check_config, expected_of, invalid, unknown_key
 from fashion_mnist_softmax.console import paragraph, refuse
 from fashion_mnist_softmax.errors import JobFailed, UserError
-from fashion_mnist_softmax.run.run_dirs import unclaim_empty_dirs
+from fashion_mnist_softmax.run.run_dirs import in_multirun, unclaim_empty_dirs
 
 T = TypeVar("T")
 ERROR_FILE = "error.txt"  # a failed job's reason, in its job dir
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def is_pruned(error: BaseException) -> bool:

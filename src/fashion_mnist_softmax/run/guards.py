@@ -17,8 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_mnist_softmax.console import python_command
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.run.failures import in_multirun
-from fashion_mnist_softmax.run.run_dirs import hydra_value
+from fashion_mnist_softmax.run.run_dirs import hydra_value, in_multirun
 
 
 class DivergedLoss:
@@ -159,10 +158,9 @@ def search_goes_on() -> str | None:
             f"Its trial is recorded as failed in study {study} ({storage}). To go on with the search, run its command "
             f"again (train.py -m ...): it continues the study with new trials."
         )
+    why = "its study was held in memory" if not storage else "its study has no name (hydra.sweeper.study_name)"
     return (
-        "Its trial is recorded as failed, and the study, "
-        + ("held in memory" if not storage else "which has no name")
-        + ", ends with this command: running the command again starts a new search. A search continues when its "
-        "command runs again if it names a storage and a study: hydra.sweeper.storage=sqlite:///logs/optuna.db "
-        "hydra.sweeper.study_name=softmax."
+        f"Its trial is recorded as failed, and running the command again starts a new search: {why}. A search "
+        f"continues when its command runs again if it names a storage and a study, e.g. "
+        f"hydra.sweeper.storage=sqlite:///logs/optuna.db hydra.sweeper.study_name=softmax."
     )

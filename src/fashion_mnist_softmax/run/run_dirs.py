@@ -59,13 +59,16 @@ def hydra_value(path: str | Path) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def run_name(run_dir: str) -> str:
     """A run's name in MLflow and W&B (``${run_name:${paths.output_dir}}`` in ``conf/logger/``), which otherwise
     draw one from Python's ``random``, seeded alike in every run: a job of a multirun by its overrides
     (``hydra.job.override_dirname``: what tells a sweep's jobs apart), any other run by its dir's name."""
-    job = HydraConfig.get() if HydraConfig.initialized() else None
-    if job is not None and job.mode == RunMode.MULTIRUN and job.job.override_dirname:
-        return job.job.override_dirname
+    if in_multirun() and (overrides := HydraConfig.get().job.override_dirname):
+        return overrides
     return Path(run_dir).name
 
 

@@ -20,11 +20,11 @@ from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
-from fashion_mnist_softmax.run.failures import in_multirun
 from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command, search_goes_on
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
 from fashion_mnist_softmax.run.pruning import ReportToTrial
 from fashion_mnist_softmax.run.record import EpochSummary, end_run, epoch_summary, run_metrics, stage_metrics, test_line
+from fashion_mnist_softmax.run.run_dirs import in_multirun
 from fashion_mnist_softmax.sweep_summary import SUMMARY_MD, write_summary
 
 
