@@ -13,7 +13,7 @@ from PIL import Image
 
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES
 from fashion_mnist_softmax.run import figures
-from fashion_mnist_softmax.run.inspection import Figures, published
+from fashion_mnist_softmax.run.inspection import Figures, flush_figures
 from fashion_mnist_softmax.run.metrics import CONFUSION, CURVES, PREDICTIONS, TRAIN_LOSS, WEIGHTS
 
 
@@ -173,7 +173,7 @@ def test_figures_drawn_by_a_painter_process_have_the_pixels_of_those_drawn_here(
                 drawer.draw_weights([], torch.randn(10, 784), epoch)
             drawer.draw_curves([], [{"epoch": 1, TRAIN_LOSS: 0.6}, {"epoch": 2, TRAIN_LOSS: 0.5}])
             drawer.draw_tested([], torch.randint(0, 90, (10, 10)), (IMAGES, LABELS, torch.randint(0, 10, (20,))), 3)
-        published()
+        flush_figures()
     for name in (WEIGHTS, CURVES, CONFUSION, PREDICTIONS):
         pixels = [np.asarray(Image.open(tmp_path / place / f"{name}.png")) for place in ("here", "there")]
         assert np.array_equal(*pixels), name

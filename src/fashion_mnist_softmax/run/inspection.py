@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from matplotlib.figure import Figure
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -58,7 +58,7 @@ def _save_png(image: np.ndarray | Future, png: Path) -> tuple[np.ndarray, bytes]
     return image, encoded.getvalue()
 
 
-def published(keep: int = 0) -> None:
+def flush_figures(keep: int = 0) -> None:
     """Log each figure handed to :meth:`Figures.publish`, in order, once its PNG is saved, until ``keep`` are left;
     raise what stopped one."""
     while len(_unlogged) > keep:
@@ -67,14 +67,15 @@ def published(keep: int = 0) -> None:
         _unlogged.pop(0)
 
 
-def abandoned() -> None:
+def discard_figures() -> None:
     """Forget the figures not yet logged: their run failed, and its loggers will not be finalized."""
     _unlogged.clear()
 
 
 class Figures(L.Callback):
-    """Draws the run's figures on rank 0, saves them as ``<out_dir>/<name>.png`` and logs them: TensorBoard and W&B
-    as images at their step, MLflow as the run's artifacts ``figures/<name>.png``.
+    """Draws the run's figures on rank 0, saves them as ``<out_dir>/<name>.png`` and logs them: TensorBoard, W&B
+    and any logger with W&B's ``log_image(key, images, step)`` as images at their step, MLflow as the run's
+    artifacts ``figures/<name>.png``.
 
     ``samples`` (the first training images) when training starts, ``weights`` (the templates) at
     every epoch's end, ``curves`` (from the epoch history) when fitting ends, and, from the classes that
@@ -100,12 +101,12 @@ class Figures(L.Callback):
 
         The PNG is encoded and saved on a thread of its own, whose encoding releases the GIL, while this one goes
         on; the loggers get it in this thread, in order, once at most ``in_flight`` figures are left to save, or at
-        :func:`published`.
+        :func:`flush_figures`.
         """
         png = self.out_dir / f"{name}.png"
         saved = _saver.submit(_save_png, image, png)
         _unlogged.append((saved, functools.partial(self._log, list(loggers), name, png, step)))
-        published(keep=self.in_flight)
+        flush_figures(keep=self.in_flight)
 
     def _log(self, loggers: list[Logger], name: str, png: Path, step: int, image: np.ndarray, encoded: bytes) -> None:
         for logger in loggers:
@@ -117,13 +118,13 @@ class Figures(L.Callback):
                 summary = Summary(value=[Summary.Value(tag=name, image=encoded_image)])
                 # the writer's own accessor, as its add_image uses: it reopens the file that a finished fit closed
                 logger.experiment._get_file_writer().add_summary(summary, step)
-            elif isinstance(logger, WandbLogger):
-                logger.log_image(name, [image], step=step)
             elif isinstance(logger, MLFlowLogger):
                 logger.experiment.log_artifact(logger.run_id, str(png), artifact_path=self.out_dir.name)
+            elif hasattr(logger, "log_image"):  # W&B's, and any logger's that takes images as it does
+                logger.log_image(name, [image], step=step)
 
     def _draw(self, loggers: Sequence[Logger], name: str, step: int, *data: Any) -> None:
-        """Figure ``name`` drawn from ``data`` (arrays) on its last drawing, here or by the painter, and published."""
+        """Figure ``name`` drawn from ``data`` (arrays) on its last drawing, here or by the painter, and logged."""
         if self.painter is None:
             image = figures.drawn(name, *data, figs=self.figs)
         else:
@@ -188,11 +189,11 @@ class Figures(L.Callback):
             self.draw_tested(trainer.loggers, confusion, shown, trainer.global_step)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        published()  # before Lightning finalizes the loggers
+        flush_figures()  # before Lightning finalizes the loggers
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         with contextlib.suppress(Exception):  # the run's own error is the one to report
-            published()
+            flush_figures()
 
 
 class HParams(L.Callback):
