@@ -21,7 +21,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fashion_mnist_softmax.run.inspection import Figures, flush_figures
+from fashion_mnist_softmax.run.figures import Figures, flush_figures
 from fashion_mnist_softmax.run.metrics import (
     CONFUSION,
     CURVES,

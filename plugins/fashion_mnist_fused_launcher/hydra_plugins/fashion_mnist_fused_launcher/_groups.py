@@ -31,11 +31,11 @@ from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.models.scratch import SGD
 from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
+from fashion_mnist_softmax.run.figures import Figures, discard_figures, flush_figures
 from fashion_mnist_softmax.run.guards import StopOnDivergedLoss
-from fashion_mnist_softmax.run.inspection import Figures, HParams, discard_figures, flush_figures
 from fashion_mnist_softmax.run.metrics import COMPLETED, INTERRUPTED, PRUNED
 from fashion_mnist_softmax.run.pruning import ReportToTrial, objective
-from fashion_mnist_softmax.run.record import EpochSummary, end_run, run_metrics
+from fashion_mnist_softmax.run.record import EpochSummary, HParams, end_run, run_metrics
 from fashion_mnist_softmax.run.training import sweep_stopped, tested_checkpoint
 
 from ._members import THE_GROUPS_OWN, Member, Members
