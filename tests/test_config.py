@@ -1,5 +1,6 @@
 """Hydra composition of conf/train.yaml and its groups, each node made from its target's signature."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.config.signatures import parameters
 from fashion_mnist_softmax.errors import UserError
 
-from helpers import ROOT, run_script
+from helpers import ROOT, run_script, tiny_overrides
 
 
 def test_defaults_compose(compose_cfg):
@@ -145,3 +146,48 @@ def test_a_signature_the_source_cannot_say_is_read_from_the_imported_class(tmp_p
     monkeypatch.syspath_prepend(str(tmp_path))
     (size,) = parameters("made_at_run_time.Made")
     assert (size.name, size.default) == ("size", 3)
+
+
+MLP = '''"""A model added to the project: one hidden layer."""
+
+import torch
+from torch import nn
+
+from fashion_mnist_softmax.models.classifier import Classifier
+
+
+class MLP(Classifier):
+    def __init__(self, *args, hidden: int = 32, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, y)
+'''
+
+
+def test_a_model_added_is_two_files_its_module_and_its_yaml(tmp_path, fake_archives):
+    """In a copy of the project, a third model is its module and conf/impl/mlp.yaml: train.py trains it with its
+    own argument from the command line, and eval.py rebuilds it from the checkpoint (the registry derives it)."""
+    shutil.copytree(ROOT / "src" / "fashion_mnist_softmax", tmp_path / "src" / "fashion_mnist_softmax")
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    for entry in ("train.py", "eval.py"):
+        shutil.copy(ROOT / entry, tmp_path / entry)
+    (tmp_path / "src" / "fashion_mnist_softmax" / "models" / "mlp.py").write_text(MLP)
+    concise = (tmp_path / "conf" / "impl" / "concise.yaml").read_text()
+    (tmp_path / "conf" / "impl" / "mlp.yaml").write_text(concise.replace("concise.ConciseSoftmaxRegression", "mlp.MLP"))
+    env = {"PYTHONPATH": str(tmp_path / "src")}
+    run = tmp_path / "run"
+    args = [*tiny_overrides(fake_archives, tmp_path / "data", run), f"hydra.run.dir={run}", "trainer.max_epochs=1"]
+    trained = run_script(str(tmp_path / "train.py"), "impl=mlp", "impl.hidden=8", *args, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["impl"] == "mlp" and metrics["hparams"]["impl"]["hidden"] == 8
+    ckpt = run / "checkpoints" / "last.ckpt"
+    evaluated = run_script(
+        str(tmp_path / "eval.py"), f"ckpt_path={ckpt}", *args[:4], f"paths.output_dir={tmp_path / 'eval'}", env=env
+    )
+    assert evaluated.returncode == 0 and "test" in evaluated.stdout, evaluated.stderr[-3000:]

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import get_class
 from PIL import Image, ImageDraw
 
 from fashion_mnist_softmax.checkpoints import DATA_STATE, check_checkpoint
@@ -19,7 +18,7 @@ from fashion_mnist_softmax.config.checks import check_config
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.data.images import read_image, to_fashion_mnist
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.models import MODELS
+from fashion_mnist_softmax.models import models
 from fashion_mnist_softmax.run.evaluation import evaluate
 from fashion_mnist_softmax.run.metrics import CONFUSION, METRICS_FILE, PREDICTIONS, TEST_ACC, TEST_LOSS, read_metrics
 from fashion_mnist_softmax.run.prediction import PREDICTIONS_FILE, predict
@@ -281,8 +280,14 @@ def test_no_checkpoint_given_says_what_to_add(compose_cfg, tmp_path, app):
         check_config(cfg, app)
 
 
-def test_the_checkpoint_registry_names_the_projects_own_models():
-    for path, name in MODELS.items():
-        cls = get_class(path)
-        assert f"{cls.__module__}.{cls.__qualname__}" == path and cls.name == name
+def test_the_checkpoint_registry_is_every_classifier_of_the_models_package():
+    scratch, concise = (
+        f"fashion_mnist_softmax.{m}.{c}SoftmaxRegression" for m, c in (("scratch", "Scratch"), ("concise", "Concise"))
+    )
+    assert models() == {
+        scratch.replace(".scratch", ".models.scratch"): "scratch",
+        concise.replace(".concise", ".models.concise"): "concise",
+        scratch: "scratch",  # as checkpoints of the first version name them
+        concise: "concise",
+    }
     assert FashionMNISTDataModule.__qualname__ == DATA_STATE  # where Lightning saves the DataModule's state

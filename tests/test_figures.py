@@ -12,8 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES
-from fashion_mnist_softmax.run import figures
-from fashion_mnist_softmax.run.inspection import Figures, published
+from fashion_mnist_softmax.run import plots
+from fashion_mnist_softmax.run.figures import Figures, flush_figures
 from fashion_mnist_softmax.run.metrics import CONFUSION, CURVES, PREDICTIONS, TRAIN_LOSS, WEIGHTS
 
 
@@ -23,8 +23,8 @@ def size_in_pixels(fig) -> tuple[int, int]:
 
 
 def test_render_gives_rgb_pixels_of_the_figure_size():
-    fig = figures.samples_figure(torch.rand(10, 1, 28, 28), torch.arange(10))
-    image = figures.render(fig)
+    fig = plots.samples_figure(torch.rand(10, 1, 28, 28), torch.arange(10))
+    image = plots.render(fig)
     assert image.dtype == np.uint8
     assert image.shape == (*size_in_pixels(fig), 3)
     assert image.std() > 0
@@ -33,29 +33,29 @@ def test_render_gives_rgb_pixels_of_the_figure_size():
 
 def test_predictions_mark_the_wrong_ones():
     labels, predicted = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 5, 3])
-    fig = figures.predictions_figure(torch.rand(4, 28, 28), labels, predicted)
+    fig = plots.predictions_figure(torch.rand(4, 28, 28), labels, predicted)
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in titled][2] == "pullover\nsandal"
-    wrong = [ax.title.get_color() == figures.WRONG for ax in titled]
+    wrong = [ax.title.get_color() == plots.WRONG for ax in titled]
     assert wrong == [False, False, True, False]
 
 
 def test_weights_share_one_colour_scale_centred_at_zero():
     templates = torch.randn(10, 784)
     templates[3, 0] = -7.0
-    fig = figures.weights_figure(templates)
+    fig = plots.weights_figure(templates)
     limits = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
     assert limits == {(-7.0, 7.0)}
 
 
 def test_weights_redrawn_in_place_keep_their_layout():
-    fig = figures.weights_figure(torch.randn(10, 784))
-    figures.render(fig)
+    fig = plots.weights_figure(torch.randn(10, 784))
+    plots.render(fig)
     positions = [ax.get_position().bounds for ax in fig.axes]
     templates = torch.randn(10, 784)
     templates[5, 7] = 11.0
-    assert figures.weights_figure(templates, fig=fig) is fig
-    image = figures.render(fig)
+    assert plots.weights_figure(templates, fig=fig) is fig
+    image = plots.render(fig)
     assert [ax.get_position().bounds for ax in fig.axes] == positions
     shown = [ax.images[0] for ax in fig.axes if ax.images]
     assert {im.get_clim() for im in shown} == {(-11.0, 11.0)}
@@ -65,9 +65,9 @@ def test_weights_redrawn_in_place_keep_their_layout():
 
 IMAGES, LABELS = torch.rand(20, 28, 28), torch.randint(0, 10, (20,))
 REDRAWN = {  # the figures redrawn in place, with values of a scale: other colour scales, other tick labels
-    "weights": lambda scale, fig: figures.weights_figure(torch.randn(10, 784) * scale, fig=fig),
-    "confusion": lambda scale, fig: figures.confusion_figure(torch.randint(0, int(scale) + 2, (10, 10)), fig=fig),
-    "predictions": lambda scale, fig: figures.predictions_figure(IMAGES, LABELS, torch.randint(0, 10, (20,)), fig),
+    "weights": lambda scale, fig: plots.weights_figure(torch.randn(10, 784) * scale, fig=fig),
+    "confusion": lambda scale, fig: plots.confusion_figure(torch.randint(0, int(scale) + 2, (10, 10)), fig=fig),
+    "predictions": lambda scale, fig: plots.predictions_figure(IMAGES, LABELS, torch.randint(0, 10, (20,)), fig),
 }
 
 
@@ -78,22 +78,22 @@ def test_a_figure_redrawn_over_its_kept_background_has_the_pixels_of_a_whole_dra
     fig = draw(1.0, None)
     torch.manual_seed(0)
     whole = draw(1.0, None)
-    figures.render(fig)
+    plots.render(fig)
     FigureCanvasAgg(whole).draw()  # drawn whole each time: no kept background
     for scale in (0.1, 3.0, 400.0):
         torch.manual_seed(int(scale * 10))
         draw(scale, whole).canvas.draw()
         torch.manual_seed(int(scale * 10))
-        image = figures.render(draw(scale, fig))
+        image = plots.render(draw(scale, fig))
         assert np.array_equal(image, np.asarray(whole.canvas.buffer_rgba())[..., :3])
 
 
 @pytest.mark.parametrize("name", REDRAWN)
 def test_a_figure_redrawn_at_another_size_is_drawn_whole_at_that_size(name):
     fig = REDRAWN[name](1.0, None)
-    figures.render(fig)
+    plots.render(fig)
     fig.set_dpi(fig.dpi * 1.5)
-    image = figures.render(REDRAWN[name](2.0, fig))
+    image = plots.render(REDRAWN[name](2.0, fig))
     assert image.shape == (*np.round(fig.bbox.size[::-1]).astype(int), 3)
     FigureCanvasAgg(fig).draw()
     assert np.array_equal(image, np.asarray(fig.canvas.buffer_rgba())[..., :3])
@@ -103,8 +103,8 @@ def test_a_figure_redrawn_at_another_size_is_drawn_whole_at_that_size(name):
 def test_a_figure_redrawn_in_place_is_freed_with_its_last_reference(name):
     """What render keeps of a figure does not keep it alive: a sweep's jobs one after the other would pile them up."""
     fig = REDRAWN[name](1.0, None)
-    figures.render(fig)
-    figures.render(REDRAWN[name](2.0, fig))
+    plots.render(fig)
+    plots.render(REDRAWN[name](2.0, fig))
     freed = weakref.ref(fig)
     del fig
     gc.collect()
@@ -113,7 +113,7 @@ def test_a_figure_redrawn_in_place_is_freed_with_its_last_reference(name):
 
 def test_confusion_shows_counts_rates_and_per_class_accuracy():
     confusion = torch.diag(torch.full((10,), 90)) + 1
-    fig = figures.confusion_figure(confusion)
+    fig = plots.confusion_figure(confusion)
     counts, rates = (ax for ax in fig.axes if ax.images)
     assert counts.images[0].get_array().max() == 91
     assert np.allclose(rates.images[0].get_array().sum(axis=1), 1.0)
@@ -121,7 +121,7 @@ def test_confusion_shows_counts_rates_and_per_class_accuracy():
 
 
 def test_curves_plot_one_line_per_series():
-    fig = figures.curves_figure([1, 2, 3], {"train/loss": [0.8, 0.6, 0.5], "val/acc": [0.7, 0.8, 0.81]})
+    fig = plots.curves_figure([1, 2, 3], {"train/loss": [0.8, 0.6, 0.5], "val/acc": [0.7, 0.8, 0.81]})
     (ax,) = fig.axes
     assert [line.get_label() for line in ax.lines] == ["train/loss", "val/acc"]
     assert list(ax.lines[1].get_ydata()) == [0.7, 0.8, 0.81]
@@ -129,10 +129,10 @@ def test_curves_plot_one_line_per_series():
 
 def test_confusion_and_predictions_redrawn_in_place_show_what_a_fresh_figure_shows():
     first, second = torch.randint(0, 50, (10, 10)), torch.randint(0, 50, (10, 10))
-    fig = figures.confusion_figure(first)
-    figures.render(fig)
-    assert figures.confusion_figure(second, fig=fig) is fig
-    fresh = figures.confusion_figure(second)
+    fig = plots.confusion_figure(first)
+    plots.render(fig)
+    assert plots.confusion_figure(second, fig=fig) is fig
+    fresh = plots.confusion_figure(second)
     for redrawn, drawn in zip(
         (ax for ax in fig.axes if ax.images), (ax for ax in fresh.axes if ax.images), strict=True
     ):
@@ -144,10 +144,10 @@ def test_confusion_and_predictions_redrawn_in_place_show_what_a_fresh_figure_sho
         assert [t.get_text() for t in redrawn.get_yticklabels()] == [t.get_text() for t in drawn.get_yticklabels()]
 
     images, labels = torch.rand(4, 28, 28), torch.tensor([0, 1, 2, 3])
-    fig = figures.predictions_figure(images, labels, labels)
-    figures.render(fig)
-    figures.predictions_figure(images, labels, torch.tensor([0, 1, 5, 3]), fig=fig)
-    fresh = figures.predictions_figure(images, labels, torch.tensor([0, 1, 5, 3]))
+    fig = plots.predictions_figure(images, labels, labels)
+    plots.render(fig)
+    plots.predictions_figure(images, labels, torch.tensor([0, 1, 5, 3]), fig=fig)
+    fresh = plots.predictions_figure(images, labels, torch.tensor([0, 1, 5, 3]))
     assert [(ax.get_title(), ax.title.get_color()) for ax in fig.axes] == [
         (ax.get_title(), ax.title.get_color()) for ax in fresh.axes
     ]
@@ -156,10 +156,10 @@ def test_confusion_and_predictions_redrawn_in_place_show_what_a_fresh_figure_sho
 def test_curves_drawn_anew_on_a_cleared_figure_have_a_fresh_figures_pixels():
     first = {"train loss": [0.9, 0.6, 0.5], "val acc": [0.7, 0.8, 0.82]}
     second = {"train loss": [2.5, 0.4, 0.45], "val acc": [0.1, 0.85, 0.9]}
-    fig = figures.curves_figure([1, 2, 3], first)
-    figures.render(fig)
-    assert figures.curves_figure([1, 2, 3], second, fig=fig) is fig
-    assert np.array_equal(figures.render(fig), figures.render(figures.curves_figure([1, 2, 3], second)))
+    fig = plots.curves_figure([1, 2, 3], first)
+    plots.render(fig)
+    assert plots.curves_figure([1, 2, 3], second, fig=fig) is fig
+    assert np.array_equal(plots.render(fig), plots.render(plots.curves_figure([1, 2, 3], second)))
 
 
 def test_figures_drawn_by_a_painter_process_have_the_pixels_of_those_drawn_here(tmp_path):
@@ -173,7 +173,7 @@ def test_figures_drawn_by_a_painter_process_have_the_pixels_of_those_drawn_here(
                 drawer.draw_weights([], torch.randn(10, 784), epoch)
             drawer.draw_curves([], [{"epoch": 1, TRAIN_LOSS: 0.6}, {"epoch": 2, TRAIN_LOSS: 0.5}])
             drawer.draw_tested([], torch.randint(0, 90, (10, 10)), (IMAGES, LABELS, torch.randint(0, 10, (20,))), 3)
-        published()
+        flush_figures()
     for name in (WEIGHTS, CURVES, CONFUSION, PREDICTIONS):
         pixels = [np.asarray(Image.open(tmp_path / place / f"{name}.png")) for place in ("here", "there")]
         assert np.array_equal(*pixels), name

@@ -21,7 +21,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fashion_mnist_softmax.run.inspection import Figures, published
+from fashion_mnist_softmax.run.figures import Figures, flush_figures
 from fashion_mnist_softmax.run.metrics import (
     CONFUSION,
     CURVES,
@@ -69,6 +69,9 @@ def multirun(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         "trainer.log_every_n_steps=2",
         f"optim.lr={','.join(map(str, LRS))}",
         f"hydra.sweep.dir={tmp / 'multirun'}",
+        "+logger.images._target_=image_logger.ImageNames",  # beside the default loggers: its YAML, in one line
+        "+logger.images.path=${paths.output_dir}/images.txt",
+        env={"PYTHONPATH": str(Path(__file__).parent)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp / "multirun"
@@ -103,12 +106,18 @@ def test_figures_are_logged_and_saved_as_pngs(multirun):
         assert min(png.size) >= 150
 
 
+def test_a_logger_that_takes_images_as_wandb_does_gets_every_figure(multirun):
+    logged = [line.split() for line in (multirun / "0" / "images.txt").read_text().splitlines()]
+    assert {name for name, _ in logged} == set(FIGURES)
+    assert [step for name, step in logged if name == WEIGHTS] == ["1", "2"]
+
+
 def test_a_figure_published_after_the_writer_closed_is_logged(tmp_path):
     logger = TensorBoardLogger(tmp_path / "tensorboard", name="", version="")
     logger.experiment.close()  # as a finished fit leaves it, before testing draws its figures
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     Figures(tmp_path / "figures").publish([logger], CONFUSION, image, step=3)
-    published()
+    flush_figures()
     logger.experiment.flush()
     assert [e.step for e in events(tmp_path).Images(CONFUSION)] == [3]
 

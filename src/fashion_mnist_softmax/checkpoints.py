@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import get_class
 
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.models import MODEL_CLASS, MODELS, MOVED
+from fashion_mnist_softmax.models import MODEL_CLASS, models
 
 DATA_STATE = "FashionMNISTDataModule"  # Lightning saves a DataModule's state under its class name
 # what Lightning reads to resume a run, besides the weights: a fused job's checkpoint holds the weights only
@@ -54,28 +54,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters", MODEL_CLASS, DATA_STATE} <= ckpt.keys():
         raise UserError(
             f"The file {path} is not a checkpoint of this project: it lacks the model class, hyperparameters, "
-            f"weights or data preprocessing that train.py saves in every checkpoint (checkpoints written before "
-            f"they described themselves lack the first and the last). Give a .ckpt file written by train.py."
+            f"weights or data preprocessing that train.py saves in every checkpoint (those of the project's "
+            f"first version lack the first and the last). Give a .ckpt file written by train.py."
         )
     return ckpt
 
 
 def model_class(ckpt: dict[str, Any], path: str | Path) -> str:
     """The import path of the project's model class that a checkpoint names; anything else is refused."""
-    name = MOVED.get(ckpt[MODEL_CLASS], ckpt[MODEL_CLASS])
-    if name not in MODELS:
+    name = ckpt[MODEL_CLASS]
+    if name not in models():
+        known = ", ".join(p for p in models() if ".models." in p)
         raise UserError(
             f"The checkpoint {path} names the model class {name!r}, which is not one of this project's models "
-            f"({', '.join(MODELS)}). Only those are built from a checkpoint. Give a .ckpt file written by train.py."
+            f"({known}). Only those are built from a checkpoint. Give a .ckpt file written by train.py."
         )
-    return name
+    return name if ".models." in name else name.replace(".", ".models.", 1)
 
 
 def check_checkpoint(path: str | Path, impl_target: str | None = None, resume: bool = False) -> None:
     """A checkpoint of this project's; where ``impl_target`` is given, one that holds a model of that impl (for
     train.py to test it, or to resume it: then also with what Lightning needs to resume)."""
     ckpt = load_checkpoint(path)
-    found = MODELS[model_class(ckpt, path)]
+    found = models()[model_class(ckpt, path)]
     if impl_target is None:
         return
     if resume and not set(RESUME_KEYS) <= ckpt.keys():
@@ -85,7 +86,7 @@ def check_checkpoint(path: str | Path, impl_target: str | None = None, resume: b
             f"resuming needs. It can be evaluated (eval.py ckpt_path={path}) or used for prediction (predict.py "
             f"ckpt_path={path}), but not resumed. Train anew, or resume a checkpoint written by a lone train.py run."
         )
-    if found != (asked := MODELS.get(impl_target)):
+    if found != (asked := models().get(impl_target)):
         raise UserError(
             f"The checkpoint {path} holds a {found} model, but impl={asked} was asked for. "
             f"Use impl={found} to {'resume' if resume else 'test'} it, or a checkpoint of a {asked} run."
@@ -95,7 +96,7 @@ def check_checkpoint(path: str | Path, impl_target: str | None = None, resume: b
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The model saved in a checkpoint, in eval mode, and the DataModule state (preprocessing) it was trained with."""
     ckpt = load_checkpoint(path)
-    cls = get_class(model_class(ckpt, path))  # one of MODELS, never a class the checkpoint chose
+    cls = get_class(model_class(ckpt, path))  # one of models(), never a class the checkpoint chose
     try:
         model = cls(**ckpt["hyper_parameters"])
         model.on_load_checkpoint(ckpt)  # as Lightning does before it loads the weights

@@ -25,14 +25,14 @@ import annotated_types as at
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError, UnsupportedInterpolationType
 
 from fashion_mnist_softmax.checkpoints import check_checkpoint
 from fashion_mnist_softmax.config.signatures import metadata, parameters
 from fashion_mnist_softmax.data.fashion_mnist import SPLIT_SIZES
 from fashion_mnist_softmax.data.images import image_files
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.models import MODELS, SCRATCH_OPTIMIZER
+from fashion_mnist_softmax.models import SCRATCH_MODEL, SCRATCH_OPTIMIZER
 
 APPS = ("train", "eval", "predict")  # the entry points, by their config's name
 # what other libraries' signatures leave unsaid (the project's own say theirs): ranges, and the choices the project
@@ -168,7 +168,7 @@ def check_values(cfg: DictConfig) -> None:
 
 def _check_overrides(cfg: DictConfig) -> None:
     """The command line's own keys: none added with ``+`` but a callback's or a logger's (every other key a run takes
-    is in its config), and each ``${...}`` it gives resolves."""
+    is in its config), and each ``${...}`` it gives names a key or a resolver that exists."""
     hydra = cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
     if hydra is None:  # composed outside a Hydra run
         return
@@ -182,7 +182,8 @@ def _check_overrides(cfg: DictConfig) -> None:
         if key not in groups and "${" in override.input_line:
             try:
                 OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
-            except InterpolationResolutionError as e:
+            except (InterpolationKeyError, UnsupportedInterpolationType) as e:  # not a resolver's own failure:
+                # ${hydra:...} resolves in each job, not before the sweep
                 reason = str(e).split("\n", 1)[0]  # without OmegaConf's lines on the node
                 raise UserError(f"{key} does not resolve: {reason}. Fix it on the command line.") from None
 
@@ -331,7 +332,7 @@ def _check_train(cfg: DictConfig) -> None:
             cfg.data.val_size,
             f"a whole number from 0 to {n_train - 1} (0 validates on the test set, as the chapter does)",
         )
-    if MODELS.get(cfg.impl._target_) == "scratch" and cfg.optim._target_ != SCRATCH_OPTIMIZER:
+    if cfg.impl._target_ == SCRATCH_MODEL and cfg.optim._target_ != SCRATCH_OPTIMIZER:
         raise UserError(
             f"impl=scratch trains with its hand-written SGD (optim=scratch_sgd, which impl=scratch selects), so it "
             f"cannot use the optimizer {cfg.optim._target_}. Leave optim= out with impl=scratch, or use impl=concise "
@@ -380,7 +381,7 @@ def _check_predict(cfg: DictConfig) -> None:
     _given_checkpoint(cfg)
 
 
-COMBINATIONS: dict[str, Callable[[DictConfig], None]] = {
+APP_CHECKS: dict[str, Callable[[DictConfig], None]] = {
     "train": _check_train,
     "eval": _check_eval,
     "predict": _check_predict,
@@ -392,7 +393,7 @@ def check_config(cfg: DictConfig, app: str, machine: bool = True) -> None:
     ``machine=False`` leaves out :func:`check_machine`, the check of this machine's devices."""
     try:
         check_values(cfg)
-        COMBINATIONS[app](cfg)
+        APP_CHECKS[app](cfg)
         if machine and app != "predict":
             check_machine(cfg.trainer)
     except InterpolationResolutionError as e:  # a ${...} of the command line's that names nothing, or a wrong type

@@ -288,8 +288,3 @@ def __getattr__(name: str) -> type:
     if "__" not in name or name.startswith("__"):
         raise AttributeError(name)
     return schema(name.replace("__", "."))
-
-
-def constraints(target: str) -> dict[str, tuple[annotated_types.BaseMetadata, ...]]:
-    """The ranges that ``target``'s signature declares, by parameter."""
-    return {p.name: p.constraints for p in parameters(target) if p.constraints}

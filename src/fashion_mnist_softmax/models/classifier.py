@@ -65,7 +65,10 @@ class Classifier(L.LightningModule):
     ``conf/scheduler/``), kept as plain data so that checkpoints load weights-only; checkpoints also name the class.
     """
 
-    name = ""  # what impl= calls the subclass: "scratch" or "concise"
+    @property
+    def name(self) -> str:
+        """What impl= calls this model: its module's name (scratch, concise)."""
+        return type(self).__module__.rpartition(".")[2]
 
     def __init__(
         self,

@@ -13,8 +13,6 @@ from fashion_mnist_softmax.models.classifier import Classifier
 class ConciseSoftmaxRegression(Classifier):
     """``nn.Sequential(nn.Flatten(), nn.Linear(784, 10))`` trained with any ``torch.optim`` optimizer."""
 
-    name = "concise"
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         num_inputs, num_outputs = self.hparams.num_inputs, self.hparams.num_outputs

@@ -110,8 +110,6 @@ def init_weights(num_inputs: int, num_outputs: int) -> torch.Tensor:
 class ScratchSoftmaxRegression(Classifier):
     """O = XW + b with W (784×10) from :func:`init_weights` and b = 0, trained with the hand-written :class:`SGD`."""
 
-    name = "scratch"
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         num_inputs, num_outputs = self.hparams.num_inputs, self.hparams.num_outputs

@@ -13,7 +13,7 @@ from fashion_mnist_softmax import console
 from fashion_mnist_softmax.checkpoints import load_model
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.files import write_json_atomic
-from fashion_mnist_softmax.run.inspection import Figures
+from fashion_mnist_softmax.run.figures import Figures
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, TEST_LOSS
 from fashion_mnist_softmax.run.progress import EpochProgressBar
 from fashion_mnist_softmax.run.record import stage_metrics, test_line

@@ -1,209 +1,192 @@
-"""The chapter's pictures and a few more: arrays (or CPU tensors) in, a matplotlib ``Figure`` out.
+"""The run's figures (:class:`Figures`): drawn by :mod:`~fashion_mnist_softmax.run.plots`, saved as PNGs on a
+thread of their own, and logged in order.
 
-Built without pyplot and rendered by the Agg canvas (:func:`render`), they need no display, and what
-is kept of a figure between its drawings goes with it. Without torch, a process of its own can draw them.
+The callback does its work in methods that take plain values and the run's loggers; its Lightning hooks call them
+with the trainer's values, and a fused sweep calls them for each of its members.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Mapping, Sequence
+import contextlib
+import copy
+import functools
+import io
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
-from matplotlib.artist import Artist
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
+import torch
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from matplotlib.figure import Figure
-from matplotlib.text import Text
-from matplotlib.ticker import MaxNLocator
-from numpy.typing import ArrayLike
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES, IMAGE_SIZE, get_fashion_mnist_labels
-from fashion_mnist_softmax.run.metrics import CONFUSION, CURVES, PREDICTIONS, WEIGHTS
+from fashion_mnist_softmax.data.fashion_mnist import NUM_CLASSES
+from fashion_mnist_softmax.run import plots
+from fashion_mnist_softmax.run.metrics import (
+    CONFUSION,
+    CURVES,
+    PREDICTIONS,
+    SAMPLES,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    WEIGHTS,
+)
+from fashion_mnist_softmax.run.record import epoch_summary
 
-DPI = 100
-WRONG = "tab:red"
-# of a figure redrawn in place: the artists a redrawing changes, and the pixels of the others; held weakly, as
-# an artist holds its figure: the figure goes, with them, when its run is done with it
-_changing: weakref.WeakKeyDictionary[Figure, list[weakref.ref[Artist]]] = weakref.WeakKeyDictionary()
-_backgrounds: weakref.WeakKeyDictionary[Figure, Any] = weakref.WeakKeyDictionary()
-
-
-def _redrawn(fig: Figure, artists: list[Artist]) -> None:
-    """Record ``artists`` as what a redrawing of ``fig`` changes, in the order a whole drawing draws them."""
-    _changing.setdefault(fig, []).extend(weakref.ref(artist) for artist in artists)
-
-
-def image_grid(
-    images: ArrayLike, titles: Sequence[str], ncols: int = 10, cmap: str = "gray", colors: Sequence[str] = ()
-) -> Figure:
-    """Images of shape (N, 28, 28) or (N, 1, 28, 28) in rows of ``ncols``, each with its title."""
-    images = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    nrows = -(-len(images) // ncols)
-    fig = Figure(figsize=(1.2 * ncols, 1.5 * nrows), dpi=DPI, layout="constrained")
-    for i, ax in enumerate(fig.subplots(nrows, ncols, squeeze=False).flat):
-        ax.set_axis_off()
-        if i < len(images):
-            ax.imshow(images[i], cmap=cmap)
-            ax.set_title(titles[i], fontsize=8, color=colors[i] if colors else "black")
-    return fig
+_saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save-png")
+_unlogged: list[tuple[Future, Callable[..., None]]] = []
 
 
-def samples_figure(images: ArrayLike, labels: ArrayLike) -> Figure:
-    """The chapter's ``show_fashion_mnist``: images with their text labels."""
-    return image_grid(images, get_fashion_mnist_labels(labels))
+def _save_png(image: np.ndarray | Future, png: Path) -> tuple[np.ndarray, bytes]:
+    """The image (once drawn, if another process draws it) and its PNG, saved as ``png``."""
+    image = image.result() if isinstance(image, Future) else image
+    png.parent.mkdir(parents=True, exist_ok=True)
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, format="png")
+    png.write_bytes(encoded.getvalue())
+    return image, encoded.getvalue()
 
 
-def predictions_figure(images: ArrayLike, labels: ArrayLike, predicted: ArrayLike, fig: Figure | None = None) -> Figure:
-    """The chapter's last figure: each image titled "true / predicted", wrong predictions in red.
+def flush_figures(keep: int = 0) -> None:
+    """Log each figure handed to :meth:`Figures.publish`, in order, once its PNG is saved, until ``keep`` are left;
+    raise what stopped one."""
+    while len(_unlogged) > keep:
+        saved, log = _unlogged[0]
+        log(*saved.result())
+        _unlogged.pop(0)
 
-    Given the ``fig`` of an earlier call on the same images, it rewrites only the titles, in place.
+
+def discard_figures() -> None:
+    """Forget the figures not yet logged: their run failed, and its loggers will not be finalized."""
+    _unlogged.clear()
+
+
+class Figures(L.Callback):
+    """Draws the run's figures on rank 0, saves them as ``<out_dir>/<name>.png`` and logs them: TensorBoard, W&B
+    and any logger with W&B's ``log_image(key, images, step)`` as images at their step, MLflow as the run's
+    artifacts ``figures/<name>.png``.
+
+    ``samples`` (the first training images) when training starts, ``weights`` (the templates) at
+    every epoch's end, ``curves`` (from the epoch history) when fitting ends, and, from the classes that
+    ``test_step`` returns, ``predictions`` and ``confusion`` after testing. Each figure is drawn once and
+    redrawn in place; ``figs`` holds them (and the samples' rendered image), and the members of a fused sweep
+    share one ``figs``, or the processes of its ``painter``, which draw while the population trains and tests.
     """
-    titles = [
-        f"{t}\n{p}" for t, p in zip(get_fashion_mnist_labels(labels), get_fashion_mnist_labels(predicted), strict=True)
-    ]
-    colors = [WRONG if t != p else "black" for t, p in zip(np.asarray(labels), np.asarray(predicted), strict=True)]
-    if fig is None:
-        fig = image_grid(images, titles, colors=colors)
-        fig.suptitle("true / predicted (wrong in red)", fontsize=9)
-        _redrawn(fig, [ax.title for ax in fig.axes if ax.images])
-        return fig
-    fig.set_layout_engine("none")
-    for ax, title, color in zip((ax for ax in fig.axes if ax.images), titles, colors, strict=True):
-        ax.title.set_text(title)
-        ax.title.set_color(color)
-    return fig
 
+    curves = (TRAIN_LOSS, TRAIN_ACC, VAL_ACC)
 
-def weights_figure(templates: ArrayLike, fig: Figure | None = None) -> Figure:
-    """The ten (784,) weight templates as 28×28 images on one colour scale centred at 0.
+    def __init__(self, out_dir: str | Path, num_samples: int = 10, num_predictions: int = 20) -> None:
+        self.out_dir, self.num_samples, self.num_predictions = Path(out_dir), num_samples, num_predictions
+        self.figs: dict[str, Figure] = {}
+        # a fused sweep's processes that draw its members' figures, and how many figures may be on their way
+        self.painter: Executor | None = None
+        self.in_flight = 1
+        self._confusion: MulticlassConfusionMatrix | None = None
+        self._shown: list[tuple[torch.Tensor, ...]] = []
 
-    Red pixels raise a class's score, blue ones lower it. Given the ``fig`` of an earlier call, it
-    redraws that figure in place: only the pixels and the colour scale change, and the layout,
-    which costs most of a drawing, is kept from the first one.
-    """
-    w = np.asarray(templates, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    if fig is None:
-        fig = Figure(figsize=(9, 4), dpi=DPI, layout="constrained")
-        axes = fig.subplots(2, -(-len(w) // 2), squeeze=False)
-        norm = Normalize()
-        for ax, name in zip(axes.flat, CLASS_NAMES[: len(w)], strict=False):
-            ax.imshow(np.zeros((IMAGE_SIZE, IMAGE_SIZE)), cmap="RdBu_r", norm=norm)
-            ax.set_title(name, fontsize=9)
-        for ax in axes.flat:
-            ax.set_axis_off()
-        colorbar = fig.colorbar(axes.flat[0].images[0], ax=axes, shrink=0.8, label="weight")
-        _redrawn(fig, [ax.images[0] for ax in axes.flat if ax.images] + [colorbar.ax])
-    else:
-        fig.set_layout_engine("none")
-    images = [ax.images[0] for ax in fig.axes if ax.images]
-    for image, template in zip(images, w, strict=True):
-        image.set_data(template)
-    limit = float(np.abs(w).max()) or 1.0
-    images[0].norm.vmin, images[0].norm.vmax = -limit, limit
-    return fig
+    def publish(self, loggers: Sequence[Logger], name: str, image: np.ndarray | Future, step: int = 0) -> None:
+        """Save the rendered image (or the one a painter process will hand back) as a PNG, and log it to every logger
+        that takes images.
 
+        The PNG is encoded and saved on a thread of its own, whose encoding releases the GIL, while this one goes
+        on; the loggers get it in this thread, in order, once at most ``in_flight`` figures are left to save, or at
+        :func:`flush_figures`.
+        """
+        png = self.out_dir / f"{name}.png"
+        saved = _saver.submit(_save_png, image, png)
+        _unlogged.append((saved, functools.partial(self._log, list(loggers), name, png, step)))
+        flush_figures(keep=self.in_flight)
 
-def confusion_figure(confusion: ArrayLike, fig: Figure | None = None) -> Figure:
-    """A confusion matrix (rows: true class, columns: predicted) in counts and row-normalised.
+    def _log(self, loggers: list[Logger], name: str, png: Path, step: int, image: np.ndarray, encoded: bytes) -> None:
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):  # the same PNG: add_image would encode it again
+                height, width, channels = image.shape
+                encoded_image = Summary.Image(
+                    height=height, width=width, colorspace=channels, encoded_image_string=encoded
+                )
+                summary = Summary(value=[Summary.Value(tag=name, image=encoded_image)])
+                # the writer's own accessor, as its add_image uses: it reopens the file that a finished fit closed
+                logger.experiment._get_file_writer().add_summary(summary, step)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(png), artifact_path=self.out_dir.name)
+            elif hasattr(logger, "log_image"):  # W&B's, and any logger's that takes images as it does
+                logger.log_image(name, [image], step=step)
 
-    The row-normalised panel's diagonal is each class's accuracy, also written next to its name. Given
-    the ``fig`` of an earlier call, it redraws that figure in place: the cells, their numbers and the
-    accuracies change, the layout is kept.
-    """
-    counts = np.asarray(confusion, dtype=np.float64)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    ticks = np.arange(len(CLASS_NAMES))
-    names = [f"{name} ({acc:.0%})" for name, acc in zip(CLASS_NAMES, np.diag(rates), strict=True)]
-    panels = ((counts, "counts", "d"), (rates, "row-normalised", ".2f"))
-    if fig is None:
-        fig = Figure(figsize=(12, 5), dpi=DPI, layout="constrained")
-        for ax, (values, title, _) in zip(fig.subplots(1, 2), panels, strict=True):
-            shown = ax.imshow(values, cmap="Blues")
-            for i, j in np.ndindex(values.shape):
-                ax.text(j, i, "", ha="center", va="center", fontsize=7)
-            ax.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right", fontsize=8)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true (per-class accuracy)")
-            ax.set_title(title)
-            colorbar = fig.colorbar(shown, ax=ax, shrink=0.8)
-            # in the order a whole drawing draws them (by zorder): the frame over the cells, the numbers over both
-            _redrawn(fig, [shown, ax.yaxis, *ax.spines.values(), *ax.texts, colorbar.ax])
-    else:
-        fig.set_layout_engine("none")
-    for ax, (values, _, fmt) in zip((ax for ax in fig.axes if ax.images), panels, strict=True):
-        ax.images[0].set_data(values)
-        ax.images[0].set_clim(values.min(), values.max())
-        for text, v in zip(ax.texts, values.flat, strict=True):
-            text.set_text(format(int(v) if fmt == "d" else v, fmt))
-            text.set_color("white" if v > 0.6 * values.max() else "black")
-        ax.set_yticks(ticks, names, fontsize=8)
-    return fig
+    def _draw(self, loggers: Sequence[Logger], name: str, step: int, *data: Any) -> None:
+        """Figure ``name`` drawn from ``data`` (arrays) on its last drawing, here or by the painter, and logged."""
+        if self.painter is None:
+            image = plots.drawn(name, *data, figs=self.figs)
+        else:
+            # pickled later, on the pool's own thread: a view of the population's weights would change meanwhile
+            image = self.painter.submit(plots.drawn, name, *copy.deepcopy(data))
+        self.publish(loggers, name, image, step)
 
+    def draw_samples(self, loggers: Sequence[Logger], dataset: Any) -> None:
+        if SAMPLES not in self.figs:  # the same images for every member of a fused sweep: rendered once
+            images, labels = dataset[torch.arange(min(self.num_samples, len(dataset)))]
+            self.figs[SAMPLES] = plots.render(plots.samples_figure(images, labels))
+        self.publish(loggers, SAMPLES, self.figs[SAMPLES])
 
-def curves_figure(epochs: Sequence[int], curves: Mapping[str, Sequence[float]], fig: Figure | None = None) -> Figure:
-    """Named per-epoch series on one plot, like the d2l ``Animator``.
+    def draw_weights(self, loggers: Sequence[Logger], templates: torch.Tensor, epoch: int) -> None:
+        self._draw(loggers, WEIGHTS, epoch, templates.detach().cpu().numpy())
 
-    Given the ``fig`` of an earlier call, it clears that figure and draws on it anew, keeping its canvas.
-    """
-    if fig is None:
-        fig = Figure(figsize=(5, 3.5), dpi=DPI, layout="constrained")
-    else:
-        fig.clear()
-    ax = fig.subplots()
-    for name, values in curves.items():
-        ax.plot(epochs, values, marker="o", label=name)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return fig
+    def draw_curves(self, loggers: Sequence[Logger], history: list[dict[str, float]]) -> None:
+        if history:
+            epochs = [row["epoch"] for row in history]
+            series = {name: [row.get(name, math.nan) for row in history] for name in self.curves}
+            self._draw(loggers, CURVES, epochs[-1], epochs, series)
 
+    def draw_tested(
+        self,
+        loggers: Sequence[Logger],
+        confusion: torch.Tensor,
+        shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        step: int,
+    ) -> None:
+        """The confusion matrix, and the first test images (images, labels, predicted classes) with their labels."""
+        self._draw(loggers, CONFUSION, step, confusion.cpu().numpy())
+        self._draw(loggers, PREDICTIONS, step, *(t.cpu().numpy() for t in shown))
 
-def render(fig: Figure) -> np.ndarray:
-    """The figure as an (H, W, 3) uint8 RGB array, W×H being its size in inches times its dpi.
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.draw_samples(trainer.loggers, trainer.train_dataloader.dataset)
 
-    A figure redrawn in place keeps its canvas and the canvas's pixel buffer: a new one for each drawing
-    cost time, and memory that the allocator did not give back. Of a figure whose redrawing changes only some
-    artists (images, colour bars, the texts that depend on the values), the rest is drawn at its second drawing
-    and kept, and each drawing from then on draws just those artists over it: the same pixels, without drawing the
-    rest's text again (a figure drawn once, as most test figures are, is drawn once). Only the artists so recorded
-    may change between drawings; a figure resized, or at another dpi, is drawn whole.
-    """
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    changing = [artist for ref in _changing.get(fig, []) if (artist := ref()) is not None]
-    size, (kept_size, background) = tuple(fig.bbox.size), _backgrounds.get(fig, (None, None))
-    if size != kept_size or not changing:  # its first drawing at this size
-        canvas.draw()
-        if changing:
-            _backgrounds[fig] = size, None
-        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    if background is None:  # its second: the rest, drawn without them in the layout of the first, is kept
-        fig.set_layout_engine("none")
-        placed = [(text, text.get_position()) for text in changing if isinstance(text, Text)]
-        for artist in changing:
-            artist.set_visible(False)
-        canvas.draw()
-        _backgrounds[fig] = size, canvas.copy_from_bbox(fig.bbox)
-        for artist in changing:
-            artist.set_visible(True)
-        for text, position in placed:  # where the whole drawing put them: a hidden title is placed elsewhere
-            text.set_position(position)
-    else:
-        canvas.restore_region(background)
-    for artist in changing:
-        fig.draw_artist(artist)
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.draw_weights(trainer.loggers, pl_module.weight_templates, trainer.current_epoch + 1)
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.draw_curves(trainer.loggers, epoch_summary(trainer).history)
 
-FIGURES = {WEIGHTS: weights_figure, CURVES: curves_figure, CONFUSION: confusion_figure, PREDICTIONS: predictions_figure}
-_drawn_here: dict[str, Figure] = {}  # a drawing process's figures, each redrawn in place
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._confusion = MulticlassConfusionMatrix(NUM_CLASSES).to(pl_module.device)
+        self._shown = []
 
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        """``outputs`` are the predicted classes that ``test_step`` returns."""
+        self._confusion.update(outputs, batch[1])
+        if (wanted := self.num_predictions - sum(len(shown[0]) for shown in self._shown)) > 0:
+            self._shown.append(tuple(t[:wanted].cpu() for t in (batch[0], batch[1], outputs)))
 
-def drawn(name: str, *data: Any, figs: dict[str, Figure] | None = None) -> np.ndarray:
-    """Figure ``name`` of :data:`FIGURES` drawn from ``data`` on the one ``figs`` (by default, this process's) holds,
-    in place, and rendered."""
-    figs = _drawn_here if figs is None else figs
-    figs[name] = FIGURES[name](*data, fig=figs.get(name))
-    return render(figs[name])
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        confusion = self._confusion.compute()  # sums the ranks' matrices, so every rank calls it
+        if trainer.is_global_zero:
+            shown = tuple(torch.cat(parts) for parts in zip(*self._shown, strict=True))
+            self.draw_tested(trainer.loggers, confusion, shown, trainer.global_step)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        flush_figures()  # before Lightning finalizes the loggers
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        with contextlib.suppress(Exception):  # the run's own error is the one to report
+            flush_figures()

@@ -1,5 +1,5 @@
-"""The run's record: each epoch's row and the scalars every logger gets (:class:`EpochSummary`), and its
-``metrics.json`` (:func:`end_run`).
+"""The run's record: each epoch's row and the scalars every logger gets (:class:`EpochSummary`), its
+hyperparameters with its final metrics (:class:`HParams`), and its ``metrics.json`` (:func:`end_run`).
 
 :class:`EpochSummary` reads a run only through what Lightning hands a callback (``trainer.callback_metrics``,
 ``trainer.loggers``, the epoch and step, the model), so that a fused sweep, which hands each of its members its own
@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run.metrics import (
     COMPLETED,
     EPOCH_TIME,
+    HP_TEST_ACC,
+    HP_TEST_LOSS,
+    HP_VAL_ACC_BEST,
     METRICS_FILE,
     STATUS,
     TEST_ACC,
@@ -193,3 +196,31 @@ def end_run(run_dir: Path, loggers: Sequence[Logger], metrics: dict[str, Any], s
     ``metrics.json`` is written."""
     finish_loggers(loggers, status)
     write_json_atomic(run_dir / METRICS_FILE, metrics)
+
+
+class HParams(L.Callback):
+    """Logs ``hparams`` (name-value pairs) after testing: to TensorBoard with the final metrics, for its HParams tab;
+    to the other loggers as the run's parameters, beside the test metrics they already have.
+
+    Lightning's placeholder ``hp_metric`` is off (``conf/logger/tensorboard.yaml``): hparams logged
+    without metrics would hide the metrics logged later.
+    """
+
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        self.hparams = dict(hparams)
+
+    def log_final(
+        self, loggers: Sequence[Logger], impl: str, tested: Mapping[str, Any], val_acc_best: float | None, step: int
+    ) -> None:
+        metrics = {HP_TEST_ACC: float(tested[TEST_ACC]), HP_TEST_LOSS: float(tested[TEST_LOSS])}
+        if val_acc_best is not None and math.isfinite(val_acc_best):
+            metrics[HP_VAL_ACC_BEST] = val_acc_best
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams({"impl": impl, **self.hparams}, metrics, step=step)
+            else:
+                logger.log_hyperparams({"impl": impl, **self.hparams})
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        best = epoch_summary(trainer).best
+        self.log_final(trainer.loggers, pl_module.name, trainer.callback_metrics, best, trainer.global_step)

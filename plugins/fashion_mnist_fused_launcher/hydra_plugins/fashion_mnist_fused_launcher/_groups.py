@@ -31,11 +31,11 @@ from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.models.scratch import SGD
 from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
+from fashion_mnist_softmax.run.figures import Figures, discard_figures, flush_figures
 from fashion_mnist_softmax.run.guards import StopOnDivergedLoss
-from fashion_mnist_softmax.run.inspection import Figures, HParams, abandoned, published
 from fashion_mnist_softmax.run.metrics import COMPLETED, INTERRUPTED, PRUNED
 from fashion_mnist_softmax.run.pruning import ReportToTrial, objective
-from fashion_mnist_softmax.run.record import EpochSummary, end_run, run_metrics
+from fashion_mnist_softmax.run.record import EpochSummary, HParams, end_run, run_metrics
 from fashion_mnist_softmax.run.training import sweep_stopped, tested_checkpoint
 
 from ._members import THE_GROUPS_OWN, Member, Members
@@ -166,7 +166,7 @@ def _painting(members: list[Member]) -> Iterator[None]:
     try:
         yield
     finally:
-        abandoned()
+        discard_figures()
         if painter is not None:
             painter.shutdown(cancel_futures=True)
 
@@ -174,7 +174,7 @@ def _painting(members: list[Member]) -> Iterator[None]:
 def _interrupted(members: list[Member], max_epochs: int) -> None:
     """Each member's ``metrics.json`` with the epochs it finished, its loggers ended, one line, and the summary."""
     with contextlib.suppress(Exception):  # a figure a stopped painter never drew
-        published()
+        flush_figures()
     for member in members:
         history = member.summary.history
         metrics = run_metrics(member.model.name, member.cfg["seed"], history, member.cfg, _stopped(member))
@@ -255,7 +255,7 @@ def train_group(cfgs: list[dict[str, Any]], envs: list[dict[str, str]]) -> list[
             if trainer.interrupted:
                 _interrupted(members, trainer.max_epochs)
             raise
-        published()  # every member's figures, before its loggers are finalized
+        flush_figures()  # every member's figures, before its loggers are finalized
         return [_end(member, module) for member in sorted(members, key=lambda m: order[m.k])]
 
 

@@ -22,8 +22,8 @@ from hydra.core.utils import env_override
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
+from fashion_mnist_softmax.run.figures import Figures, flush_figures
 from fashion_mnist_softmax.run.guards import HeldInterrupt, SaveOnInterrupt, StopOnDivergedLoss
-from fashion_mnist_softmax.run.inspection import Figures, published
 from fashion_mnist_softmax.run.metrics import CURVES, TRAIN_LOSS, TRAIN_LR, VAL_ACC, WEIGHTS
 from fashion_mnist_softmax.run.progress import EpochLines, ParameterSummary
 from fashion_mnist_softmax.run.record import EpochSummary, logs_step
@@ -186,7 +186,7 @@ class Members(HeldInterrupt):
             trainer.should_stop = True  # every member pruned or failed
         # the painters idle before the next epoch: OpenMP's threads, which spin while they wait for work, slow
         # down many times over on cores that other processes use
-        published()
+        flush_figures()
         if self._interrupted:
             raise KeyboardInterrupt
 
