@@ -142,5 +142,5 @@ class Classifier(L.LightningModule):
         checkpoint[MODEL_CLASS] = class_path(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the best val/acc is the history's (the run's record), no longer a metric of the model's own
+        # checkpoints that kept the best val/acc as a metric of the model: the run's record keeps it in its history
         checkpoint["state_dict"].pop("val_acc_best.max_value", None)
