@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -36,6 +37,7 @@ from fashion_mnist_softmax.run.metrics import (
     TEST_LOSS,
     VAL_ACC_BEST,
 )
+from fashion_mnist_softmax.run.run_dirs import in_multirun
 
 SUMMARY_CSV, SUMMARY_MD, SEEDS_CSV = "summary.csv", "summary.md", "summary_seeds.csv"
 LOCK = ".summary.lock"
@@ -218,3 +220,11 @@ def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool
             md += ["", "## Mean ± std over seeds", "", *_markdown_table(shown)]
         (sweep_dir / SUMMARY_MD).write_text("\n".join(md) + "\n")
     return rows
+
+
+def sweep_stopped(where: str) -> None:
+    """In a multirun, which stops with an interrupted job: its summary says so, and which jobs ran."""
+    if in_multirun():
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        write_summary(sweep_dir)
+        print(f"The sweep stopped{where}: see {sweep_dir / SUMMARY_MD}")

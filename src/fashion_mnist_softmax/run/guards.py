@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -10,14 +9,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fashion_mnist_softmax.console import python_command
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.run.run_dirs import hydra_value, in_multirun
 
 
 class DivergedLoss:
@@ -98,7 +93,8 @@ class SaveOnInterrupt(HeldInterrupt):
     resumes exactly where the run stopped. A SIGINT during an epoch's last step or its validation stops
     the run once the epoch has ended and its checkpoints are written: a checkpoint taken after the last
     step would resume into a finished epoch, whose validation and epoch end Lightning then skips.
-    The run then says how to resume (:func:`resume_command`). Exit status: 1 after SIGINT, 128 + 15 after SIGTERM.
+    The run then says how to resume (:func:`~fashion_mnist_softmax.run.commands.resume_command`). Exit status: 1
+    after SIGINT, 128 + 15 after SIGTERM.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
@@ -128,39 +124,3 @@ class SaveOnInterrupt(HeldInterrupt):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             self._save(trainer)
             exception.code = 128 + signal.SIGTERM  # Lightning's own exit would read as success
-
-
-def resume_command(run_dir: Path, ckpt_path: Path) -> str:
-    """The command that resumes a run in its own dir from ``ckpt_path``, as the user's shell runs it
-    (:func:`~fashion_mnist_softmax.console.python_command`): ``train.py`` with the run's own overrides, as Hydra wrote
-    them into its dir (so that any process of the run, a DDP rank or a sweep's worker, says the same), then its dir
-    and checkpoint."""
-    written = run_dir / ".hydra" / "overrides.yaml"
-    given = (yaml.safe_load(written.read_text()) or []) if written.is_file() else []
-    kept = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
-    dirs = [f"hydra.run.dir={hydra_value(run_dir)}", f"ckpt_path={hydra_value(ckpt_path)}"]
-    return python_command(Path(os.environ.get("PROJECT_ROOT", ".")) / "train.py", *kept, *dirs)
-
-
-def search_goes_on() -> str | None:
-    """In a job of a search (``hparams_search``, or ``hydra/sweeper=optuna``): how to go on after a Ctrl-C. Its
-    sweeper records the job's trial as failed, and the resume command would be refused (a search runs with -m):
-    the search's own command, run again, continues a stored study. None outside a search."""
-    if not in_multirun():
-        return None
-    hydra = HydraConfig.get()
-    choices = hydra.runtime.choices
-    if not choices.get("hparams_search") and choices.get("hydra/sweeper") != "optuna":
-        return None
-    storage, study = hydra.sweeper.get("storage"), hydra.sweeper.get("study_name")
-    if storage and study:
-        return (
-            f"Its trial is recorded as failed in study {study} ({storage}). To go on with the search, run its command "
-            f"again (train.py -m ...): it continues the study with new trials."
-        )
-    why = "its study was held in memory" if not storage else "its study has no name (hydra.sweeper.study_name)"
-    return (
-        f"Its trial is recorded as failed, and running the command again starts a new search: {why}. A search "
-        f"continues when its command runs again if it names a storage and a study, e.g. "
-        f"hydra.sweeper.storage=sqlite:///logs/optuna.db hydra.sweeper.study_name=softmax."
-    )

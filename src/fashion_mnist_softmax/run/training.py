@@ -20,12 +20,13 @@ from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
-from fashion_mnist_softmax.run.guards import SaveOnInterrupt, resume_command, search_goes_on
+from fashion_mnist_softmax.run.commands import resume_command, search_goes_on
+from fashion_mnist_softmax.run.guards import SaveOnInterrupt
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
 from fashion_mnist_softmax.run.pruning import ReportToTrial
 from fashion_mnist_softmax.run.record import EpochSummary, end_run, epoch_summary, run_metrics, stage_metrics, test_line
 from fashion_mnist_softmax.run.run_dirs import in_multirun
-from fashion_mnist_softmax.sweep_summary import SUMMARY_MD, write_summary
+from fashion_mnist_softmax.sweep_summary import sweep_stopped
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -127,14 +128,6 @@ def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> 
     else:  # stopped before training started, or without SaveOnInterrupt: Lightning stopped it, and nothing was saved
         print(f"{stopped}.")
     sweep_stopped(f" at job {HydraConfig.get().job.num}" if in_multirun() else "")
-
-
-def sweep_stopped(where: str) -> None:
-    """In a multirun, which stops with an interrupted job: its summary says so, and which jobs ran."""
-    if in_multirun():
-        sweep_dir = Path(HydraConfig.get().sweep.dir)
-        write_summary(sweep_dir)
-        print(f"The sweep stopped{where}: see {sweep_dir / SUMMARY_MD}")
 
 
 def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:

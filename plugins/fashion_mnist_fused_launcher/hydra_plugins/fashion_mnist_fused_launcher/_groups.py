@@ -36,7 +36,8 @@ from fashion_mnist_softmax.run.guards import StopOnDivergedLoss
 from fashion_mnist_softmax.run.metrics import COMPLETED, INTERRUPTED, PRUNED
 from fashion_mnist_softmax.run.pruning import ReportToTrial, objective
 from fashion_mnist_softmax.run.record import EpochSummary, HParams, end_run, run_metrics
-from fashion_mnist_softmax.run.training import sweep_stopped, tested_checkpoint
+from fashion_mnist_softmax.run.training import tested_checkpoint
+from fashion_mnist_softmax.sweep_summary import sweep_stopped
 
 from ._members import THE_GROUPS_OWN, Member, Members
 from ._population import STANDS_IN_FOR, FusedDataModule, FusedSoftmaxRegression
