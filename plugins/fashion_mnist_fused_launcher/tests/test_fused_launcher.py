@@ -3,6 +3,9 @@ suites, whose apps are not the project's train.py: each of their jobs runs alone
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -49,3 +52,27 @@ class TestFusedLauncherInBatches(BatchedSweeperTestSuite):
 )
 class TestFusedLauncherIntegration(IntegrationTestSuite):
     pass
+
+
+APP = """import sys
+
+import hydra
+
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg):
+    print("torch loaded:", "torch" in sys.modules)
+
+
+main()
+"""
+
+
+def test_another_apps_jobs_run_alone_without_loading_torch(tmp_path):
+    """Only train.py's jobs fuse: a sweep of another app's runs them as the basic launcher does, without the
+    seconds that torch and Lightning take to load."""
+    (tmp_path / "app.py").write_text(APP)
+    command = [sys.executable, "app.py", "-m", "hydra/launcher=fused", "+x=1,2", f"hydra.sweep.dir={tmp_path / 's'}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("torch loaded: False") == 2, result.stdout[-2000:]

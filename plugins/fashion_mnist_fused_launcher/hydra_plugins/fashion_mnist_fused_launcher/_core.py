@@ -302,7 +302,10 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
     for idx, overrides in numbered:
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
     wait_for_jobs = _start_jobs(launcher, numbered)
-    from ._groups import group_key, train_group, why_not_fused  # torch, meanwhile
+    if _trains(launcher.config):
+        from ._groups import group_key, train_group, why_not_fused  # torch and Lightning, meanwhile
+    else:  # another app's jobs all run alone, as under the basic launcher: nothing of torch is needed
+        group_key = train_group = why_not_fused = None
 
     # what is alive now (Hydra, torch, Lightning: hundreds of thousands of objects) outlives the launch: it is left
     # out of the collections until the launch ends, which then take milliseconds, not a tenth of a second each (not
