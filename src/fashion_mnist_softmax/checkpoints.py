@@ -54,8 +54,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters", MODEL_CLASS, DATA_STATE} <= ckpt.keys():
         raise UserError(
             f"The file {path} is not a checkpoint of this project: it lacks the model class, hyperparameters, "
-            f"weights or data preprocessing that train.py saves in every checkpoint (those of the project's "
-            f"first version lack the first and the last). Give a .ckpt file written by train.py."
+            f"weights or data preprocessing that train.py saves in every checkpoint (those of its early "
+            f"versions lack the first and the last). Give a .ckpt file written by train.py."
         )
     return ckpt
 
