@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fashion_mnist_softmax.run.metrics import TEST_ACC, VAL_ACC_BEST, read_metrics
+from fashion_mnist_softmax.run.failures import ERROR_FILE
+from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, VAL_ACC_BEST, read_metrics
 from fashion_mnist_softmax.run.prediction import predict
 
 from helpers import ROOT, run_script, tiny_overrides
@@ -88,6 +89,7 @@ def refused(result: subprocess.CompletedProcess, *phrases: str) -> str:
         ("data.batch_size=0", "data.batch_size=0 is not valid: it must be a whole number of at least 1"),
         ("optim.momentum=1.5", "optim.momentum=1.5 is not valid"),
         ("impl=scratch optim=adam", "impl=scratch trains with its hand-written SGD"),
+        ("trainer.devices=64", "trainer.devices=64 asks for 64 processes on the CPU"),
     ],
 )
 def test_a_config_mistake_is_refused_before_anything_is_written(world, reference, override, phrase):
@@ -231,12 +233,32 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_anything_is_writt
     assert run_dirs(world) == dirs and fingerprint(reference) == before
 
 
-def test_predict_with_bad_indices_is_refused_before_its_run_dir(world, reference):
-    log_dir = world / "predict-indices"
+@pytest.mark.parametrize(
+    ("given", "phrase"),
+    [
+        ("indices=abc", "indices='abc' is not valid: it must be a test-image number"),
+        ("indices=[10000]", "indices=[10000] are out of range: the test set has 10000 images, numbered 0 to 9999"),
+        ("indices=[3,-1]", "indices=[-1] are out of range"),
+        ("images=[{fake}]", "cannot be read as an image (UnidentifiedImageError"),
+    ],
+)
+def test_predict_with_bad_indices_or_images_is_refused_before_its_run_dir(world, reference, given, phrase):
+    log_dir = world / "predict-refused"
+    fake = world / "not-an-image.png"
+    fake.write_text("text with an image suffix")
     ckpt = reference / "checkpoints" / "last.ckpt"
-    result = run_script("predict.py", f"ckpt_path={ckpt}", "indices=abc", f"paths.log_dir={log_dir}")
-    refused(result, "indices='abc' is not valid: it must be a test-image number")
+    result = run_script("predict.py", f"ckpt_path={ckpt}", given.format(fake=fake), f"paths.log_dir={log_dir}")
+    refused(result, phrase)
     assert "Warning" not in result.stderr and not log_dir.exists(), result.stderr
+
+
+def test_a_run_that_fails_once_started_says_why_in_its_run_dir(world):
+    """A diverged loss stops the run after its dir was made: the dir says why (error.txt), as a sweep's job dir does."""
+    run = world / "diverged"
+    result = run_script("train.py", *args(world, "optim.lr=1e30", "trainer.max_epochs=1", f"hydra.run.dir={run}"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (run / ERROR_FILE).read_text().startswith("Training stopped: the loss diverged")
+    assert not (run / METRICS_FILE).exists()
 
 
 def test_a_test_checkpoint_of_the_other_impl_is_refused_before_anything_is_written(world, reference):

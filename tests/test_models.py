@@ -237,3 +237,11 @@ def test_a_short_last_batch_weighs_what_it_holds(tiny_cfg, impl):
     assert [len(batch) for batch in losses] == [48, 48, 32]
     assert logged["test/loss"] == pytest.approx(torch.cat(losses).mean().item(), abs=1e-6)
     assert logged["test/loss"] != pytest.approx(torch.stack([b.mean() for b in losses]).mean().item(), abs=1e-6)
+
+
+def test_a_fast_dev_run_trains_a_batch_and_tests_its_model_as_it_is(tiny_cfg, tmp_path):
+    """trainer.fast_dev_run saves no checkpoint, so there is none to choose: the model in memory is tested."""
+    (tmp_path / "run").mkdir()  # Hydra's, in a run
+    metrics = train(tiny_cfg("trainer.fast_dev_run=true"))
+    assert [row["epoch"] for row in metrics["history"]] == [1] and metrics["test_ckpt"] is None
+    assert 0 <= metrics["test/acc"] <= 1 and not (tmp_path / "run" / "checkpoints").exists()

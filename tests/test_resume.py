@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import select
@@ -249,7 +250,7 @@ def test_a_printed_command_names_the_python_that_runs_it_unless_the_shells_pytho
 
 def test_a_sigint_in_a_sweep_stops_it_and_its_summary_says_where(fake_archives, tmp_path):
     """The interrupted job keeps its finished epochs and its resume command; the sweep's summary lists it as
-    interrupted, and the jobs that did not run are not in it."""
+    interrupted, and the job that did not start as not started. Once resumed, the job is ok in the summary."""
     sweep = tmp_path / "sweep"
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
     signal_at = ["+callbacks.signal._target_=last_batch_signal.SignalAtLastBatch", "+callbacks.signal.epoch=1"]
@@ -257,12 +258,21 @@ def test_a_sigint_in_a_sweep_stops_it_and_its_summary_says_where(fake_archives, 
     result = run_script("train.py", *args, env={"PYTHONPATH": str(ROOT / "tests")})
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     said = result.stdout.splitlines()
-    assert f"Interrupted after 1 of 2 epochs: saved {sweep / '0' / 'checkpoints' / 'last.ckpt'}. Resume with:" in said
+    stop_line = f"Interrupted after 1 of 2 epochs: saved {sweep / '0' / 'checkpoints' / 'last.ckpt'}. Resume with:"
+    command = said[said.index(stop_line) + 1].strip()
     assert said[-1] == f"The sweep stopped at job 0: see {sweep / SUMMARY_MD}"
-    assert read_metrics(sweep / "0")[STATUS] == INTERRUPTED
-    rows = (sweep / SUMMARY_CSV).read_text().splitlines()
-    assert len(rows) == 2 and ",interrupted," in rows[1] and "interrupted after epoch 1" in rows[1]
-    assert not (sweep / "1").exists()
+    stopped = read_metrics(sweep / "0")
+    assert stopped[STATUS] == INTERRUPTED and stopped["resume"] == command  # kept for a console that is gone
+    rows = list(csv.DictReader((sweep / SUMMARY_CSV).open()))
+    assert [(r["job"], r["seed"], r[STATUS]) for r in rows] == [("0", "1", INTERRUPTED), ("1", "2", "not started")]
+    assert rows[0]["reason"] == "interrupted after epoch 1" and not (sweep / "1").exists()
+    assert "2 jobs, 1 interrupted, 1 not started" in (sweep / SUMMARY_MD).read_text()
+
+    tests = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    resumed = subprocess.run(["bash", "-c", command], cwd=ROOT, env=tests, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = list(csv.DictReader((sweep / SUMMARY_CSV).open()))
+    assert [(r["job"], r[STATUS]) for r in rows] == [("0", "ok"), ("1", "not started")]
 
 
 def test_a_sigint_in_an_optuna_search_says_to_run_the_search_again_which_continues_its_study(fake_archives, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -43,6 +45,7 @@ SUMMARY_CSV, SUMMARY_MD, SEEDS_CSV = "summary.csv", "summary.md", "summary_seeds
 LOCK = ".summary.lock"
 SUMMARY_METRICS = (VAL_ACC_BEST, TEST_ACC, TEST_LOSS)
 SEED, REASON, TRIAL = "seed", "reason", "trial"
+NOT_STARTED = "not started"
 log = logging.getLogger(__name__)
 
 
@@ -57,10 +60,8 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir, config, final=True)
         (sweep_dir / LOCK).unlink(missing_ok=True)  # no job is left to write the summary
-        counts = ", ".join(f"{n} {status}" for status, n in Counter(row[STATUS] for row in rows).items())
-        log.info(
-            f"{len(rows)} job{'s' * (len(rows) != 1)} ({counts}) in {sweep_dir}; summary: {sweep_dir / SUMMARY_MD}"
-        )
+        jobs = f"{len(rows)} job{'s' * (len(rows) != 1)} ({status_counts(rows)})"
+        log.info(f"{jobs} in {sweep_dir}; summary: {sweep_dir / SUMMARY_MD}")
         if failed := sum(row[STATUS] == "failed" for row in rows):
             print(f"{failed} of {len(rows)} jobs failed: see {sweep_dir / SUMMARY_MD}.", file=sys.stderr, flush=True)
             sys.exit(1)  # an exception here would only be a warning of Hydra's
@@ -79,8 +80,28 @@ def _parse(path: Path, inode: int, mtime_ns: int, size: int) -> Any:
     return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
 
 
+def planned_jobs(sweep_dir: Path) -> list[dict[str, str]]:
+    """The overrides of every job of a grid sweep (``hydra/sweeper=grid``, Hydra's basic sweeper), in the order of
+    their numbers, from the sweep's ``multirun.yaml``: the grid of ``hydra.sweeper.params`` and the command line's
+    sweeps, as the basic sweeper makes it. Empty for another sweeper."""
+    saved = sweep_dir / "multirun.yaml"
+    config = _parsed(saved) if saved.is_file() else None
+    sweeper = (config or {}).get("hydra", {}).get("sweeper", {})
+    if not str(sweeper.get("_target_")).endswith(("GridSweeper", "BasicSweeper")):
+        return []
+    given = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + config["hydra"]["overrides"]["task"]
+    grid: dict[str, list[str]] = {}  # a key given twice: where it came first, with its last values
+    for override in OverridesParser.create().parse_overrides(given):
+        sweep = override.is_sweep_override()
+        grid[override.get_key_element()] = (
+            [*override.sweep_string_iterator()] if sweep else [override.get_value_element_as_str()]
+        )
+    return [dict(zip(grid, job, strict=True)) for job in itertools.product(*grid.values())]
+
+
 def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
-    """Each job dir's overrides, status, reason if it failed, and metrics."""
+    """Each job dir's overrides, status, reason if it failed, and metrics; and, in a grid sweep, each job that has
+    not started (a stopped sweep's)."""
     jobs = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: int(p.parent.parent.name)):
         job_dir = overrides_file.parent.parent
@@ -97,6 +118,11 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
             status, reason = "failed", "the job left neither metrics.json nor error.txt (killed?)"
         metrics = {k: found.get(k) for k in SUMMARY_METRICS}
         jobs.append({"job": job_dir.name, "overrides": overrides, STATUS: status, REASON: reason, "metrics": metrics})
+    started = {job["job"] for job in jobs}
+    for num, overrides in enumerate(planned_jobs(sweep_dir)):
+        if str(num) not in started:
+            unstarted = {STATUS: NOT_STARTED, REASON: "", "metrics": dict.fromkeys(SUMMARY_METRICS)}
+            jobs.append({"job": str(num), "overrides": overrides, **unstarted})
     return jobs
 
 
@@ -120,7 +146,7 @@ def trial_numbers(config: DictConfig, jobs: list[dict[str, Any]]) -> dict[str, i
 
 def _best_first(row: dict[str, Any]) -> tuple:
     value = row[VAL_ACC_BEST]
-    return ({"ok": 0, PRUNED: 1}.get(row[STATUS], 2), -value if value is not None else 0.0)
+    return ({"ok": 0, PRUNED: 1, NOT_STARTED: 3}.get(row[STATUS], 2), -value if value is not None else 0.0)
 
 
 def summary_rows(jobs: list[dict[str, Any]], trials: dict[str, int] | None = None) -> tuple[list[dict], dict]:
@@ -156,6 +182,11 @@ def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out_row[f"{metric} mean"], out_row[f"{metric} std"] = mean, std if values else None
         out.append(out_row)
     return sorted(out, key=lambda row: _best_first(row | {STATUS: "ok", VAL_ACC_BEST: row[f"{VAL_ACC_BEST} mean"]}))
+
+
+def status_counts(rows: list[dict[str, Any]]) -> str:
+    """How many jobs ended how, best first: "3 ok, 1 pruned"."""
+    return ", ".join(f"{n} {status}" for status, n in Counter(row[STATUS] for row in rows).items())
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -201,9 +232,7 @@ def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool
             return []
         rows, common = summary_rows(jobs, trial_numbers(config, jobs) if config is not None else None)
         _write_csv(sweep_dir / SUMMARY_CSV, rows)
-        ok, pruned = (sum(row[STATUS] == status for row in rows) for status in ("ok", PRUNED))
-        counts = f"{ok} ok" + (f", {pruned} pruned" if pruned else "")
-        md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {counts}, best `{VAL_ACC_BEST}` first."]
+        md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {status_counts(rows)}, best `{VAL_ACC_BEST}` first."]
         if common:
             md += ["", "Common overrides: " + " ".join(f"`{_override(k, v)}`" for k, v in common.items())]
         md += ["", *_markdown_table(rows)]

@@ -203,9 +203,12 @@ def test_jobs_in_processes_of_their_own_prune_through_the_studys_storage(tmp_pat
     found = trials(tmp_path, "pruning")
     pruned = [t for t in found if t.state == TrialState.PRUNED]
     assert pruned and {t.state for t in found} == {TrialState.PRUNED, TrialState.COMPLETE}
-    for t in found:  # each job's reports, up to the step where it was pruned
+    for t in found:  # each job's reports, up to the step where it was pruned; and where its files are
         steps = len(t.intermediate_values)
         assert steps < 20 if t.state == TrialState.PRUNED else steps == 20
+        assert (
+            t.user_attrs["job_dir"] == str(tmp_path / str(t.number)) and (tmp_path / str(t.number) / ".hydra").is_dir()
+        )
     assert f"6 new trials: {6 - len(pruned)} completed, {len(pruned)} pruned, 0 failed" in result.stdout
 
 

@@ -30,7 +30,7 @@ from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 from fashion_mnist_softmax.checkpoints import check_checkpoint
 from fashion_mnist_softmax.config.signatures import metadata, parameters
 from fashion_mnist_softmax.data.fashion_mnist import SPLIT_SIZES
-from fashion_mnist_softmax.data.images import image_files
+from fashion_mnist_softmax.data.images import image_files, open_image
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.models import SCRATCH_MODEL, SCRATCH_OPTIMIZER
 
@@ -246,8 +246,14 @@ def devices_asked(devices: Any) -> int | None:
     return int(devices)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a SLURM or taskset allocation sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def check_machine(trainer: DictConfig) -> None:
-    """Refuse an accelerator this machine lacks, more GPUs than it has, and bf16 on a GPU without it."""
+    """Refuse an accelerator this machine lacks, more GPUs than it has, bf16 on a GPU without it, and more CPU
+    processes than it has cores."""
     asked = devices_asked(trainer.devices)
     import torch  # only once every check without it has passed
 
@@ -270,6 +276,11 @@ def check_machine(trainer: DictConfig) -> None:
                 f"trainer.precision={trainer.precision}: this machine's GPU has no bfloat16. Use "
                 f"trainer.precision=16-mixed, or 32-true."
             )
+    elif trainer.accelerator in ("cpu", "auto") and asked is not None and asked > (cores := usable_cores()):
+        raise UserError(
+            f"trainer.devices={trainer.devices} asks for {asked} processes on the CPU, and this process may use "
+            f"{cores} cores: they would share them, each slower than alone. Use trainer.devices={cores} or fewer."
+        )
 
 
 def as_list(value: Any) -> list[Any]:
@@ -375,10 +386,23 @@ def _check_predict(cfg: DictConfig) -> None:
     if not all(_whole(i) for i in as_list(cfg.indices)):
         given = list(cfg.indices) if isinstance(cfg.indices, ListConfig) else cfg.indices
         raise invalid("indices", given, "a test-image number, or a list of them such as [0,1,2]")
-    image_files(as_list(cfg.images))
+    for path in image_files(as_list(cfg.images)):
+        open_image(path).close()  # its header: a file that is no image, or too large, is refused here
     if as_list(cfg.indices):
+        check_indices(as_list(cfg.indices), (cfg.data.expected_sizes or {}).get("test"))
         writable(cfg.data.root, "The data folder (data.root)")
     _given_checkpoint(cfg)
+
+
+def check_indices(indices: list[int], n_test: int | None) -> None:
+    """Test-image numbers, from 0 to ``n_test - 1`` (where the test set's size is known)."""
+    if bad := [i for i in indices if i < 0 or (n_test is not None and i >= n_test)]:
+        numbered = (
+            f"the test set has {n_test} images, numbered 0 to {n_test - 1}"
+            if n_test
+            else "test images are numbered from 0"
+        )
+        raise UserError(f"indices={bad} are out of range: {numbered}. Fix it on the command line.")
 
 
 APP_CHECKS: dict[str, Callable[[DictConfig], None]] = {

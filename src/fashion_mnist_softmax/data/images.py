@@ -67,14 +67,14 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     return np.array(resized, dtype=np.uint8)  # writable, as torch.from_numpy wants it (it warns otherwise)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file as a Fashion-MNIST-like 28×28 uint8 array; a clear error if it is not an image, or if it has
-    more pixels than Pillow's guard against decompression bombs (``Image.MAX_IMAGE_PIXELS``), of which Pillow
-    would only warn below twice that many: such an image is refused from its header, before its pixels are read."""
+def open_image(path: Path) -> Image.Image:
+    """An image file, its header read and its pixels not yet; a clear error if it is not an image, or if it has more
+    pixels than Pillow's guard against decompression bombs (``Image.MAX_IMAGE_PIXELS``), of which Pillow would only
+    warn below twice that many: such an image is refused from its header, before its pixels are read."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            return Image.open(path)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise UserError(
             f"The image {path} is too large to read: it has more than {Image.MAX_IMAGE_PIXELS:,} pixels, the most "
@@ -83,8 +83,12 @@ def read_image(path: Path) -> np.ndarray:
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise _unreadable(path, e) from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file (:func:`open_image`) as a Fashion-MNIST-like 28×28 uint8 array."""
     try:
-        with image:
+        with open_image(path) as image:
             return to_fashion_mnist(image)
     except (OSError, ValueError) as e:
         raise _unreadable(path, e) from None

@@ -32,11 +32,18 @@ def is_pruned(error: BaseException) -> bool:
     return optuna is not None and isinstance(error, optuna.TrialPruned)
 
 
+def record_failure(error: Exception, run_dir: str | Path, details: str = "") -> str:
+    """Write why a run failed into ``<run dir>/error.txt``, so that its dir says so later (a sweep's summary reads
+    it); return the reason."""
+    reason = error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    (Path(run_dir) / ERROR_FILE).write_text(reason + "\n" + details)
+    return reason
+
+
 def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "") -> JobFailed:
     """Record a failed job of a multirun: its reason in ``<job dir>/error.txt`` and on stderr; the
     :class:`JobFailed` that Hydra's launchers and sweepers take as the job's failure."""
-    reason = error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-    (Path(job_dir) / ERROR_FILE).write_text(reason + "\n" + details)
+    reason = record_failure(error, job_dir, details)
     print(f"\nJob {num} failed: " + paragraph(reason) + details, file=sys.stderr, flush=True)  # a bug's traceback
     return JobFailed(f"Job {num} failed: {reason}")
 
@@ -121,7 +128,8 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
     """A :class:`UserError` ends a single run in one paragraph (:func:`refuse`).
 
     A single run's config was checked before its run dir was made (:mod:`~fashion_mnist_softmax.run.run_dirs`);
-    a multirun's job checks its own here, first. In a multirun, any failure of a job is contained in it: its
+    a multirun's job checks its own here, first. A run that fails writes its reason into its dir's ``error.txt``
+    (a bug's with its traceback). In a multirun, any failure of a job is contained in it: its
     reason goes to ``<job dir>/error.txt`` and to stderr, and the job raises :class:`JobFailed`, which Hydra's
     launchers and sweepers record as a failed job before they go on with the next ones.
     """
@@ -136,12 +144,13 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
         except Exception as e:
             if is_pruned(e):  # its search stopped it: not a failure, and its sweeper's to tell
                 raise
-            if not in_multirun():
+            details = "" if isinstance(e, UserError) else "\n\n" + traceback.format_exc()
+            job = HydraConfig.get()
+            if not in_multirun():  # its run dir exists: it says why the run failed
+                record_failure(e, job.runtime.output_dir, details)
                 if isinstance(e, UserError):
                     refuse(e)
                 raise
-            details = "" if isinstance(e, UserError) else "\n\n" + traceback.format_exc()
-            job = HydraConfig.get()
             raise job_failed(e, job.runtime.output_dir, job.job.num, details) from None
 
     return wrapper

@@ -11,11 +11,10 @@ from omegaconf import DictConfig
 
 from fashion_mnist_softmax import console
 from fashion_mnist_softmax.checkpoints import load_model
-from fashion_mnist_softmax.config.checks import as_list
+from fashion_mnist_softmax.config.checks import as_list, check_indices
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule, InMemoryFashionMNIST, standardise
 from fashion_mnist_softmax.data.fashion_mnist import CLASS_NAMES
 from fashion_mnist_softmax.data.images import image_files, read_image
-from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.files import write_json_atomic
 
 PREDICTIONS_FILE = "predictions.json"
@@ -46,11 +45,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         datamodule: FashionMNISTDataModule = instantiate(cfg.data)
         datamodule.setup("test")
         test_set = datamodule.test_set
-        if bad := [i for i in indices if not 0 <= i < len(test_set)]:
-            raise UserError(
-                f"indices={bad} are out of range: the test set has {len(test_set)} images, numbered 0 to "
-                f"{len(test_set) - 1}."
-            )
+        check_indices(indices, len(test_set))
         rows += [{"source": f"test[{i}]", "true": CLASS_NAMES[int(test_set.labels[i])]} for i in indices]
         images += list(test_set.images[indices])
     x, _ = InMemoryFashionMNIST(torch.stack(images), torch.zeros(len(images)))[torch.arange(len(images))]

@@ -26,7 +26,7 @@ from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED,
 from fashion_mnist_softmax.run.pruning import ReportToTrial
 from fashion_mnist_softmax.run.record import EpochSummary, end_run, epoch_summary, run_metrics, stage_metrics, test_line
 from fashion_mnist_softmax.run.run_dirs import in_multirun
-from fashion_mnist_softmax.sweep_summary import sweep_stopped
+from fashion_mnist_softmax.sweep_summary import SUMMARY_CSV, sweep_stopped, write_summary
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -39,8 +39,11 @@ def pruned_at(callbacks: list[L.Callback]) -> int | None:
     return next((c.pruned_at for c in callbacks if isinstance(c, ReportToTrial) and c.pruned_at), None)
 
 
-def tested_checkpoint(trainer: L.Trainer, test_ckpt: str) -> str:
-    """The checkpoint that ``test_ckpt`` names: the best by ``val/acc``, the last, or a file of its own."""
+def tested_checkpoint(trainer: L.Trainer, test_ckpt: str) -> str | None:
+    """The checkpoint that ``test_ckpt`` names: the best by ``val/acc``, the last, or a file of its own; None under
+    ``trainer.fast_dev_run``, which saves none: its model is tested as it is."""
+    if trainer.fast_dev_run:
+        return None
     if test_ckpt not in ("best", "last"):
         return test_ckpt
     monitoring = test_ckpt == "best"
@@ -117,15 +120,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _interrupted(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> None:
-    """Write the stopped run's ``metrics.json`` (its finished epochs), and say how to resume it."""
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    """Write the stopped run's ``metrics.json`` (its finished epochs, and how to go on: its ``resume`` command, kept
+    there too for a console that is gone), and say how to resume it."""
     stopped = f"Interrupted after {len(metrics['history'])} of {trainer.max_epochs} epochs"
     saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
-    if saver is not None and saver.saved and (search := search_goes_on()):
+    saved = saver is not None and saver.saved  # not before training started: Lightning stopped it, nothing saved
+    search = search_goes_on() if saved else None
+    if saved:
+        metrics["resume"] = search or resume_command(run_dir, saver.path)
+    write_json_atomic(run_dir / METRICS_FILE, metrics)  # first: the console may be gone (a pipe's reader stopped)
+    if search:
         print(paragraph(f"{stopped}: saved {saver.path}. {search}"))
-    elif saver is not None and saver.saved:
-        print(f"{stopped}: saved {saver.path}. Resume with:\n  {resume_command(run_dir, saver.path)}")
-    else:  # stopped before training started, or without SaveOnInterrupt: Lightning stopped it, and nothing was saved
+    elif saved:
+        print(f"{stopped}: saved {saver.path}. Resume with:\n  {metrics['resume']}")
+    else:
         print(f"{stopped}.")
     sweep_stopped(f" at job {HydraConfig.get().job.num}" if in_multirun() else "")
 
@@ -134,6 +142,8 @@ def _finish(trainer: L.Trainer, run_dir: Path, metrics: dict[str, Any]) -> dict[
     """End the run (on rank 0): its loggers and its ``metrics.json``; return the metrics."""
     if trainer.is_global_zero:
         end_run(run_dir, trainer.loggers, metrics)
+        if not in_multirun() and (run_dir.parent / SUMMARY_CSV).is_file():  # a sweep's job, resumed on its own
+            write_summary(run_dir.parent)
         print(f"metrics: {run_dir / METRICS_FILE}")
         if (run_dir / "checkpoints").is_dir():  # a finished run resumed with nothing left to train writes none
             print(f"checkpoints: {run_dir / 'checkpoints'}")

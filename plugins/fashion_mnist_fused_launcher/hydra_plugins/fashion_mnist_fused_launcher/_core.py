@@ -27,12 +27,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fashion_mnist_softmax.config.checks import check_config
+from fashion_mnist_softmax.config.checks import check_config, usable_cores
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.run.failures import composition_error, is_pruned, job_failed
-
-from .fused_launcher import usable_cores
 
 if TYPE_CHECKING:
     from .fused_launcher import FusedLauncher

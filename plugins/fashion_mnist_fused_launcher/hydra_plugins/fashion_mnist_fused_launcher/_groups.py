@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from fashion_mnist_softmax import console
-from fashion_mnist_softmax.config.checks import check_machine
+from fashion_mnist_softmax.config.checks import check_machine, usable_cores
 from fashion_mnist_softmax.data.datamodule import FashionMNISTDataModule
 from fashion_mnist_softmax.errors import UserError
 from fashion_mnist_softmax.models.scratch import SGD
@@ -41,7 +41,6 @@ from fashion_mnist_softmax.sweep_summary import sweep_stopped
 
 from ._members import THE_GROUPS_OWN, Member, Members
 from ._population import STANDS_IN_FOR, FusedDataModule, FusedSoftmaxRegression
-from .fused_launcher import usable_cores
 
 # what the members of one group may differ in; every other key of their configs must be equal
 MEMBER_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "data.shuffle_seed", "impl", "paths")

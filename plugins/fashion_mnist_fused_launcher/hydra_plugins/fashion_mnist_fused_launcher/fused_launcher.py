@@ -11,7 +11,6 @@ each as a job of submitit's executor, all at once; the job dirs are made, and th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,12 +18,6 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, as a SLURM or taskset allocation sets it): a fused sweep
-    has a composition worker, and a painter, for each."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class FusedLauncher(Launcher):

@@ -218,7 +218,10 @@ def finish(
 
 
 def tell(study: optuna.Study, trial: Trial, ret: JobReturn) -> tuple[TrialState, BaseException | None]:
-    """Tell the study how the trial's job ended; the trial's state, and why it failed."""
+    """Tell the study how the trial's job ended, and where (its ``job_dir``, a user attribute: the dashboard
+    leads to the job's files); the trial's state, and why it failed."""
+    if ret.hydra_cfg is not None:
+        trial.set_user_attr("job_dir", str(ret.hydra_cfg.hydra.runtime.output_dir))
     value = outcome(ret)
     if isinstance(value, optuna.TrialPruned):
         finish(study, trial, state=TrialState.PRUNED)  # with the last value that the job reported
