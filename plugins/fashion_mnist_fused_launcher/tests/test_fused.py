@@ -55,7 +55,7 @@ from fashion_mnist_softmax.run.prediction import predict
 from fashion_mnist_softmax.run.training import train
 from fashion_mnist_softmax.sweep_summary import SUMMARY_CSV, SUMMARY_MD
 from hydra_plugins.fashion_mnist_fused_launcher import _groups as fused_jobs
-from hydra_plugins.fashion_mnist_fused_launcher._core import _crossing
+from hydra_plugins.fashion_mnist_fused_launcher._core import _picklable_failure
 from hydra_plugins.fashion_mnist_fused_launcher._groups import why_not_fused
 from hydra_plugins.fashion_mnist_fused_launcher._population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
 
@@ -618,9 +618,9 @@ def test_what_stops_a_job_in_a_worker_reaches_the_launcher_whole():
     try:
         raise ConfigCompositionException() from InterpolationKeyError("Interpolation key 'nope' not found")
     except ConfigCompositionException as e:
-        num, error = _crossing(3, e)
+        num, error = _picklable_failure(3, e)
     assert num == 3 and "'nope' not found" in str(pickle.loads(pickle.dumps(error)))  # Hydra's cause, kept
-    _, error = _crossing(0, _TwoArguments("a", "b"))  # pickled, it cannot be made again
+    _, error = _picklable_failure(0, _TwoArguments("a", "b"))  # pickled, it cannot be made again
     assert str(pickle.loads(pickle.dumps(error))) == "_TwoArguments: a in b"
 
 

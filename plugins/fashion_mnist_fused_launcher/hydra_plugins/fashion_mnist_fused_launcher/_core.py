@@ -113,7 +113,7 @@ def _start(launcher: FusedLauncher, members: list[_Job]) -> None:
         launcher.hydra_context.callbacks.on_job_start(config=job.config, task_function=launcher.task_function)
 
 
-def _outcome(train: Callable[[], list[Any]], size: int) -> list[Any]:
+def _outcomes_of(train: Callable[[], list[Any]], size: int) -> list[Any]:
     """A group's outcomes: what fails the group fails each of its jobs, as it would have failed each alone."""
     try:
         return train()
@@ -160,7 +160,7 @@ def _outcomes(
             # the jobs' compositions and an earlier group's trainer, model and data sit in reference cycles: freed
             # before this group loads its data
             gc.collect()
-            yield _outcome(functools.partial(train_group, *_group(members)), len(members))
+            yield _outcomes_of(functools.partial(train_group, *_group(members)), len(members))
         return
     for members in groups:
         _start(launcher, members)
@@ -170,10 +170,10 @@ def _outcomes(
         f"Submitted the groups to submitit's {launcher.executor} executor as jobs {ids}: logs in {executor.folder}"
     )
     for members, group_job in zip(groups, submitted, strict=True):
-        yield _outcome(group_job.result, len(members))
+        yield _outcomes_of(group_job.result, len(members))
 
 
-def _crossing(num: int, e: Exception) -> tuple[int, Exception]:
+def _picklable_failure(num: int, e: Exception) -> tuple[int, Exception]:
     """What stopped job ``num``, as it can cross to the launcher's process: a composition that failed as the
     project's paragraph (a pickled exception loses its cause, where Hydra keeps what went wrong), and an exception
     that would not unpickle as its type and words."""
@@ -186,7 +186,9 @@ def _crossing(num: int, e: Exception) -> tuple[int, Exception]:
     return num, e
 
 
-def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], composed: Any = None) -> Any:
+def _compose_and_prepare(
+    launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], composed: Any = None
+) -> Any:
     """A share of the jobs, composed, then given their dirs: the jobs, or the number of the job that stopped them
     with the exception that did.
 
@@ -204,7 +206,7 @@ def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], c
                 failed.set()
                 with contextlib.suppress(threading.BrokenBarrierError):
                     barrier.wait()
-            return _crossing(idx, e)
+            return _picklable_failure(idx, e)
     if composed:
         try:
             barrier.wait()
@@ -217,7 +219,7 @@ def _share(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], c
         try:
             jobs.append(_prepare(launcher, config))
         except Exception as e:
-            return _crossing(config.hydra.job.num, e)
+            return _picklable_failure(config.hydra.job.num, e)
         _hydra_logging(launcher)
     return jobs
 
@@ -227,7 +229,7 @@ def _worker(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]], 
     with contextlib.suppress(OSError):
         os.nice(10)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the process group: the launcher says it stopped
-        pipe.send(_share(launcher, numbered, composed))
+        pipe.send(_compose_and_prepare(launcher, numbered, composed))
 
 
 def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]]]) -> Callable[[], list[_Job]]:
@@ -238,7 +240,7 @@ def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]
     cannot be (no fork, or torch already loaded: its threads make a fork unsafe), this process does it first.
     """
     if "torch" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
-        outcomes = [_share(launcher, numbered)]
+        outcomes = [_compose_and_prepare(launcher, numbered)]
         return lambda: _in_order(outcomes)
     n = min(usable_cores(), len(numbered))
     context = multiprocessing.get_context("fork")

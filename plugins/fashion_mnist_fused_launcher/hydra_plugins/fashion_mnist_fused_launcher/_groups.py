@@ -54,7 +54,7 @@ SGD_DEFAULTS = {
     if name not in FUSED_SGD_KEYS and p.default is not inspect.Parameter.empty
 }
 # the callbacks a member's own run has, which the group runs for it through their hooks; a job with any other runs alone
-DRIVEN = (EpochSummary, ModelCheckpoint, Figures, HParams, ReportToTrial)
+RUN_FOR_EACH_MEMBER = (EpochSummary, ModelCheckpoint, Figures, HParams, ReportToTrial)
 REQUIRED = (EpochSummary, StopOnDivergedLoss, ModelCheckpoint)  # what a member's outputs are written through
 # schedulers whose learning rate is each member's lr times one factor for all: the fused SGD applies that factor
 SCALING_SCHEDULERS = tuple(
@@ -129,7 +129,9 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         classes = [get_class(target) for target in targets]
     except Exception as e:  # the job, run alone, fails alone
         return f"a callback that cannot be found ({type(e).__name__})"
-    if other := [t for t, cls in zip(targets, classes, strict=True) if not issubclass(cls, DRIVEN + THE_GROUPS_OWN)]:
+    if other := [
+        t for t, cls in zip(targets, classes, strict=True) if not issubclass(cls, RUN_FOR_EACH_MEMBER + THE_GROUPS_OWN)
+    ]:
         return f"the callback {other[0]}, which a fused group cannot run for each of its jobs"
     if not all(any(issubclass(cls, needed) for cls in classes) for needed in REQUIRED):
         return "it lacks a callback that every run has (conf/callbacks/always.yaml)"
