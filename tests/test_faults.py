@@ -19,13 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from fashion_mnist_softmax.run.failures import ERROR_FILE
 from fashion_mnist_softmax.run.metrics import METRICS_FILE, TEST_ACC, VAL_ACC_BEST, read_metrics
 from fashion_mnist_softmax.run.prediction import predict
 
-from helpers import ROOT, run_script, tiny_overrides
+from helpers import ROOT, assert_no_empty_files, run_script, tiny_overrides
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
@@ -267,3 +268,40 @@ def test_a_test_checkpoint_of_the_other_impl_is_refused_before_anything_is_writt
     result = run_script("train.py", *args(world, "impl=scratch", f"test_ckpt={ckpt}"))  # the reference is concise
     refused(result, "holds a concise model, but impl=scratch was asked for. Use impl=concise to test it")
     assert run_dirs(world) == dirs and fingerprint(reference) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A disk of 1.5 MB (a tmpfs), which a run fills."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_a_disk_that_fills_during_a_run_ends_it_in_one_paragraph_with_its_checkpoints_whole(world, small_disk):
+    """TensorBoard's writer thread, the figures and the checkpoints all meet the full disk: the run says it once,
+    with how to resume, and exits with status 1; every checkpoint in its folder loads."""
+    result = run_script("train.py", *args(world, "callbacks=default", "trainer.max_epochs=200", log_dir=small_disk))
+    console = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in console, console[-3000:]
+    error = " ".join(result.stderr[result.stderr.index("Error: ") :].split())
+    assert error.startswith("Error: The disk is full:") and "once there is room, resume with: " in error, error
+    (run,) = (small_disk / "train" / "runs").iterdir()
+    assert f"hydra.run.dir={run} ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in error
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 14 * (saved["epoch"] + 1) and "epoch 1," in result.stdout
+    for checkpoint in (run / "checkpoints").iterdir():  # no temp file left, and no half of one
+        assert checkpoint.suffix == ".ckpt" and torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert_no_empty_files(run)
+
+
+def test_a_disk_already_full_is_refused_before_the_run_writes_anything(world, small_disk):
+    (small_disk / "other").write_bytes(bytes(1300 * 1024))
+    result = run_script("train.py", *args(world, log_dir=small_disk))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"The disk of the log folder (paths.log_dir) {small_disk} is full" in " ".join(result.stderr.split())
+    assert sorted(p.name for p in small_disk.iterdir()) == ["other"]

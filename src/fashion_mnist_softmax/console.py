@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shlex
 import shutil
 import sys
 import textwrap
+import threading
 import warnings
 from pathlib import Path
 
-from fashion_mnist_softmax.errors import EXIT_USER_ERROR, UserError
+from fashion_mnist_softmax.errors import UserError
 
 
 def paragraph(message: str) -> str:
@@ -20,9 +22,10 @@ def paragraph(message: str) -> str:
 
 
 def refuse(error: UserError) -> None:
-    """End this process with the error's paragraph on stderr and ``EXIT_USER_ERROR``."""
+    """End this process with the error's paragraph on stderr and its exit status (``EXIT_USER_ERROR``, 2, for a
+    mistake)."""
     print("\nError: " + paragraph(error.message), file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(error.exit_status)
 
 
 def python_command(script: str | Path, *args: str) -> str:
@@ -68,8 +71,16 @@ def _not_new_experiment(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Experiment with name")
 
 
+def _full_disk_left_to_the_run(args: threading.ExceptHookArgs) -> None:
+    """A writer thread stopped by a full disk (TensorBoard's) hands its error to the run at its next write, and the
+    run says it once (:func:`~fashion_mnist_softmax.run.failures.disk_full`); any other error is printed as ever."""
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in (errno.ENOSPC, errno.EDQUOT)):
+        threading.__excepthook__(args)
+
+
 def quiet() -> None:
     """Silence those messages in this process."""
+    threading.excepthook = _full_disk_left_to_the_run
     # torch 2.15 deprecates a pytree class that Lightning 2.6 still uses internally
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):

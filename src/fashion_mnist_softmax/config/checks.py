@@ -16,6 +16,7 @@ import difflib
 import math
 import operator
 import os
+import shutil
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from fashion_mnist_softmax.checkpoints import check_checkpoint
 from fashion_mnist_softmax.config.signatures import metadata, parameters
 from fashion_mnist_softmax.data.fashion_mnist import SPLIT_SIZES
 from fashion_mnist_softmax.data.images import image_files, open_image
-from fashion_mnist_softmax.errors import UserError
+from fashion_mnist_softmax.errors import DiskFull, UserError
 from fashion_mnist_softmax.models import SCRATCH_MODEL, SCRATCH_OPTIMIZER
 
 APPS = ("train", "eval", "predict")  # the entry points, by their config's name
@@ -56,6 +57,7 @@ APP_KEYS: dict[str, tuple[type, tuple[Any, ...]]] = {
     "seed": (int, (at.Interval(ge=0, le=2**32 - 1),)),
     "top_k": (int, (at.Ge(1),)),
 }
+MIN_FREE_BYTES = 1 << 20  # below this, a run would fail as it writes its config or first checkpoint
 FREE = ("callbacks", "logger")  # the groups whose nodes a command line may add, as +callbacks.<name>=...
 
 
@@ -212,8 +214,9 @@ def _check_batch_limits(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             raise invalid(f"trainer.limit_{stage}_batches", limit, expected)
 
 
-def writable(path: str | Path, what: str) -> None:
-    """``path``, or the nearest folder above it that exists, can be written to."""
+def writable(path: str | Path, what: str, room: bool = False) -> None:
+    """``path``, or the nearest folder above it that exists, can be written to; with ``room``, its disk has room for
+    a run's config, first checkpoints and logs (:data:`MIN_FREE_BYTES`)."""
     place = Path(path).expanduser().absolute()
     while not place.exists():
         place = place.parent
@@ -221,6 +224,11 @@ def writable(path: str | Path, what: str) -> None:
         raise UserError(
             f"{what} {path} cannot be written to ({place} is not a writable folder: it is read-only, or not a "
             f"folder). Give a writable place on the command line, e.g. paths.log_dir=<dir> or data.root=<dir>."
+        )
+    if room and (free := shutil.disk_usage(place).free) < MIN_FREE_BYTES:
+        raise DiskFull(
+            f"The disk of {what.lower()} {path} is full ({free // 1024} kB free): the run could not write its "
+            f"config, checkpoints and logs. Free some space, or give another place, e.g. paths.log_dir=<dir>."
         )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import functools
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -18,7 +21,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from fashion_mnist_softmax.config.checks import APPS, check_config, expected_of, invalid, unknown_key
 from fashion_mnist_softmax.console import paragraph, refuse
-from fashion_mnist_softmax.errors import JobFailed, UserError
+from fashion_mnist_softmax.errors import DiskFull, JobFailed, UserError
+from fashion_mnist_softmax.files import write_atomic
+from fashion_mnist_softmax.run.commands import resume_command, search_goes_on
 from fashion_mnist_softmax.run.run_dirs import in_multirun, unclaim_empty_dirs
 
 T = TypeVar("T")
@@ -34,10 +39,29 @@ def is_pruned(error: BaseException) -> bool:
 
 def record_failure(error: Exception, run_dir: str | Path, details: str = "") -> str:
     """Write why a run failed into ``<run dir>/error.txt``, so that its dir says so later (a sweep's summary reads
-    it); return the reason."""
+    it), whole or not at all (its disk may be full); return the reason."""
     reason = error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-    (Path(run_dir) / ERROR_FILE).write_text(reason + "\n" + details)
+    with contextlib.suppress(OSError):
+        write_atomic(Path(run_dir) / ERROR_FILE, lambda f: f.write((reason + "\n" + details).encode()))
     return reason
+
+
+def disk_full(error: BaseException, run_dir: Path) -> DiskFull | None:
+    """The full disk behind ``error`` (ENOSPC, or a quota's EDQUOT), in one paragraph: what could not be written,
+    and how the run goes on once there is room; None for any other error."""
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    last = run_dir / "checkpoints" / "last.ckpt"  # written whole or not at all: the last one is whole
+    resume = f"Its last checkpoint is whole; once there is room, resume with: {resume_command(run_dir, last)}"
+    go_on = search_goes_on() or (resume if last.is_file() else "")
+    return DiskFull(
+        f"The disk is full: {cause.filename or 'a file of the run'} could not be written "
+        f"({shutil.disk_usage(run_dir).free // 1024} kB free on the disk of {run_dir}). Free some space, or write "
+        f"runs elsewhere with paths.log_dir=<dir>. {go_on}".strip()
+    )
 
 
 def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "") -> JobFailed:
@@ -144,8 +168,9 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
         except Exception as e:
             if is_pruned(e):  # its search stopped it: not a failure, and its sweeper's to tell
                 raise
-            details = "" if isinstance(e, UserError) else "\n\n" + traceback.format_exc()
             job = HydraConfig.get()
+            e = disk_full(e, Path(job.runtime.output_dir)) or e
+            details = "" if isinstance(e, UserError) else "\n\n" + traceback.format_exc()
             if not in_multirun():  # its run dir exists: it says why the run failed
                 record_failure(e, job.runtime.output_dir, details)
                 if isinstance(e, UserError):
