@@ -43,6 +43,8 @@ def assert_clear_failure(result, *phrases: str) -> None:
         "data.val_size=60000",
         "trainer.max_epochs=0",
         "trainer.max_epochs=-1",
+        "test=maybe",
+        "test=1",
     ],
 )
 def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, override):

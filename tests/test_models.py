@@ -245,3 +245,9 @@ def test_a_fast_dev_run_trains_a_batch_and_tests_its_model_as_it_is(tiny_cfg, tm
     metrics = train(tiny_cfg("trainer.fast_dev_run=true"))
     assert [row["epoch"] for row in metrics["history"]] == [1] and metrics["test_ckpt"] is None
     assert 0 <= metrics["test/acc"] <= 1 and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_test_false_fits_only(tiny_cfg, tmp_path, capsys):
+    metrics = train(tiny_cfg("test=false"))
+    assert metrics["status"] == "completed" and len(metrics["history"]) == 2 and metrics["val/acc_best"] is not None
+    assert metrics["test/acc"] is None and metrics["test_ckpt"] is None and "test acc" not in capsys.readouterr().out

@@ -432,6 +432,18 @@ def test_sgd_options_the_fused_sgd_does_not_implement_run_alone(tiny_cfg, overri
         assert found.startswith(reason) and found.endswith("which the fused SGD does not implement"), found
 
 
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("trainer.fast_dev_run=true", "a step or batch limit"),
+        ("test=false", "test_ckpt names a checkpoint of its own, or test=false"),
+    ],
+)
+def test_a_dry_run_and_an_untested_run_run_alone(tiny_cfg, override, reason):
+    """What a fused group would do otherwise than their lone runs: train whole epochs, test every member."""
+    assert why_not_fused(OmegaConf.to_container(tiny_cfg(override), resolve=True)) == reason
+
+
 def test_a_member_keeps_the_checkpoints_its_own_checkpoint_callback_keeps(fake_archives, tiny_cfg, tmp_path):
     """The member's ModelCheckpoint decides, as in its lone run: here the two lowest val/loss of three epochs."""
     common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]

@@ -56,6 +56,7 @@ CONSTRAINTS: dict[str, dict[str, tuple[Any, ...]]] = {
 APP_KEYS: dict[str, tuple[type, tuple[Any, ...]]] = {
     "seed": (int, (at.Interval(ge=0, le=2**32 - 1),)),
     "top_k": (int, (at.Ge(1),)),
+    "test": (bool, ()),
 }
 MIN_FREE_BYTES = 1 << 20  # below this, a run would fail as it writes its config or first checkpoint
 FREE = ("callbacks", "logger")  # the groups whose nodes a command line may add, as +callbacks.<name>=...
@@ -99,7 +100,7 @@ def satisfies(value: Any, kind: type | None, constraints: tuple[Any, ...]) -> bo
     if _choices(constraints):
         return value in constraints
     bounds = [(type(m).__name__.lower(), m) for m in metadata(constraints)]
-    number = _whole(value) if kind is int else _number(value)
+    number = isinstance(value, bool) if kind is bool else _whole(value) if kind is int else _number(value)
     return number and all(getattr(operator, name)(value, getattr(m, name)) for name, m in bounds)
 
 

@@ -59,7 +59,8 @@ def tested_checkpoint(trainer: L.Trainer, test_ckpt: str) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt``, return the metrics.
+    """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt`` (unless ``cfg.test`` is
+    false), return the metrics.
 
     A job of a search whose pruner stopped it (:mod:`~fashion_mnist_softmax.run.pruning`) is not tested."""
     console.quiet()
@@ -109,6 +110,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if trainer.is_global_zero:  # its search stopped it: untested
                 print(f"pruned by its search after epoch {epoch}: not tested")
             return _finish(trainer, run_dir, run_metrics(model.name, cfg.seed, summary.history, hparams, PRUNED))
+        if not cfg.test:
+            return _finish(trainer, run_dir, run_metrics(model.name, cfg.seed, summary.history, hparams))
         test_ckpt = tested_checkpoint(trainer, cfg.test_ckpt)
     history = list(summary.history)  # testing a checkpoint restores the callback states saved in it
     trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False)

@@ -117,8 +117,10 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "gradient accumulation or clipping"
     if trainer.get("precision") not in (None, "32-true"):
         return f"the precision {trainer['precision']}: a fused group trains in 32-true"
-    if trainer.get("max_steps", -1) != -1 or any(
-        trainer.get(f"limit_{s}_batches") is not None for s in ("train", "val", "test")
+    if (
+        trainer.get("max_steps", -1) != -1
+        or trainer.get("fast_dev_run")
+        or any(trainer.get(f"limit_{s}_batches") is not None for s in ("train", "val", "test"))
     ):
         return "a step or batch limit"
     if cfg.get("ckpt_path"):
@@ -137,8 +139,8 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "it lacks a callback that every run has (conf/callbacks/always.yaml)"
     if any(node.get("every_n_train_steps") or node.get("train_time_interval") for node in nodes):
         return "a checkpoint saved within epochs: a fused group runs its members' callbacks at epochs' ends"
-    if cfg.get("test_ckpt") not in ("best", "last"):
-        return "test_ckpt names a checkpoint of its own"
+    if cfg.get("test_ckpt") not in ("best", "last") or not cfg.get("test", True):
+        return "test_ckpt names a checkpoint of its own, or test=false"
     scheduler = cfg.get("scheduler")
     if scheduler and (scheduler["_target_"] not in SCALING_SCHEDULERS or scheduler.get("eta_min")):
         return f"the scheduler {scheduler['_target_']} does not scale every member's lr by one factor"
