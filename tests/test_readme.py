@@ -74,7 +74,8 @@ def test_every_relative_link_of_a_page_resolves(page: Path):
 def test_a_command_composes_as_written(command: str):
     command = re.sub(r"(^|\s)<[^>]*>", " ", command)  # placeholders that stand alone, e.g. <the run's overrides>
     words = shlex.split(re.sub(r"<[^>]*>", "x", command))  # and placeholders in values, e.g. <run>/checkpoints
-    script, arguments = words[1], [w for w in words[2:] if w != "-m"]
+    flags = re.sub(r"(--cfg|-c) \w+|(^|\s)-m(?=\s|$)", " ", shlex.join(words[2:]))  # Hydra's flags, not overrides
+    script, arguments = words[1], shlex.split(flags)
     assert not [a for a in arguments if a.startswith("+")], "a key the docs use needs no +"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(SCRIPTS[script], overrides=first_of_each_sweep(arguments), return_hydra_config=True)
