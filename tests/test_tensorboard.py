@@ -97,6 +97,8 @@ def test_figures_are_logged_and_saved_as_pngs(multirun):
     run = events(multirun / "0")
     assert set(FIGURES) <= set(run.Tags()["images"])
     assert [e.step for e in run.Images(WEIGHTS)] == [1, 2]  # the slider shows the templates per epoch
+    steps = {name: [e.step for e in run.Images(name)] for name in FIGURES if name != SAMPLES}
+    assert all(found[-1] == 2 for found in steps.values()), steps  # every figure by epoch, the test's at the last
     for name in FIGURES:
         path = multirun / "0" / "figures" / f"{name}.png"
         png = Image.open(path)

@@ -182,7 +182,7 @@ class Figures(L.Callback):
         confusion = self._confusion.compute()  # sums the ranks' matrices, so every rank calls it
         if trainer.is_global_zero:
             shown = tuple(torch.cat(parts) for parts in zip(*self._shown, strict=True))
-            self.draw_tested(trainer.loggers, confusion, shown, trainer.global_step)
+            self.draw_tested(trainer.loggers, confusion, shown, trainer.current_epoch)  # by epoch, as the others
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         flush_figures()  # before Lightning finalizes the loggers
