@@ -88,14 +88,19 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> tuple[int
     return proc.returncode, out
 
 
-def stop_in_epoch_2(proc: subprocess.Popen, sig: int, run: Path) -> tuple[int, str]:
-    """Send ``sig`` to the run in ``run`` early in its epoch 2; its exit status and its stdout."""
+def stop_in_epoch_2(proc: subprocess.Popen, sig: int, run: Path, times: int = 1) -> tuple[int, str]:
+    """Send ``sig`` to the run in ``run`` early in its epoch 2, ``times`` times 0.3 s apart (Ctrl-C pressed again
+    while the run writes its last files); its exit status and its stdout."""
     seen = wait_for_line(proc, "epoch 1,")
     last, deadline = run / "checkpoints" / "last.ckpt", time.monotonic() + 60
     while not last.exists() and time.monotonic() < deadline:  # the epoch line comes before epoch 1's checkpoint
         time.sleep(0.01)
     time.sleep(0.05)
     proc.send_signal(sig)
+    for _ in range(times - 1):
+        time.sleep(0.3)
+        if proc.poll() is None:
+            proc.send_signal(sig)
     rc, out = finish(proc, run.parent / f"{run.name}.log")
     assert "epoch 2," not in seen + out, "the run finished epoch 2 before the signal"
     return rc, seen + out
@@ -120,14 +125,14 @@ def final_state(run: Path) -> tuple[dict[str, torch.Tensor], int]:
 
 @pytest.fixture(scope="module")
 def runs(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One command run five times at once: two uninterrupted; one SIGKILLed, one SIGINTed and one SIGTERMed in
-    the middle of epoch 2, each then resumed in its own dir."""
+    """One command run five times at once: two uninterrupted; one SIGKILLed, one SIGINTed (three times, as an
+    impatient Ctrl-C) and one SIGTERMed in the middle of epoch 2, each then resumed in its own dir."""
     root = tmp_path_factory.mktemp("resume")
     signals = {"killed": signal.SIGKILL, "sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
     procs = {name: start(train_args(fake_archives, root, name), root / f"{name}.log") for name in ("a", "b", *signals)}
 
     def stop(name: str) -> tuple[int, str]:
-        return stop_in_epoch_2(procs[name], signals[name], root / name)
+        return stop_in_epoch_2(procs[name], signals[name], root / name, times=3 if name == "sigint" else 1)
 
     with ThreadPoolExecutor(len(signals)) as pool:  # each signal lands as soon as its run starts epoch 2
         stopped = dict(zip(signals, pool.map(stop, signals), strict=True))

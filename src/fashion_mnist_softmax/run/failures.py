@@ -8,7 +8,9 @@ import errno
 import functools
 import os
 import shutil
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -165,6 +167,10 @@ def friendly_errors(fn: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
             if in_multirun() and (app := HydraConfig.get().job.config_name) in APPS:
                 check_config(cfg, app)
             return fn(cfg)
+        except SystemExit:  # the process ends (Ctrl-C, SIGTERM, a refusal): Ctrl-C again would cut its last writes
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            raise
         except Exception as e:
             if is_pruned(e):  # its search stopped it: not a failure, and its sweeper's to tell
                 raise

@@ -67,7 +67,8 @@ class StopOnDivergedLoss(L.Callback):
 
 class HeldInterrupt(L.Callback):
     """Notes Ctrl-C (SIGINT) while fitting, for the run to stop where its state is whole, instead of where the
-    signal lands; the handler before it comes back at the fit's end."""
+    signal lands; the handler before it comes back at the fit's end, or, once a Ctrl-C stopped the fit, when the run
+    has written its last files (:meth:`release`): a Ctrl-C pressed again meanwhile would stop it between two."""
 
     def __init__(self) -> None:
         self._interrupted = False
@@ -81,6 +82,11 @@ class HeldInterrupt(L.Callback):
         self._interrupted = True
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self._interrupted:
+            self.release()
+
+    def release(self) -> None:
+        """Give SIGINT back to the handler it had before the fit."""
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None

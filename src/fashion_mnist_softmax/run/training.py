@@ -21,7 +21,7 @@ from fashion_mnist_softmax.files import write_json_atomic
 from fashion_mnist_softmax.run import distributed
 from fashion_mnist_softmax.run.checkpoint_io import AtomicCheckpointIO
 from fashion_mnist_softmax.run.commands import resume_command, search_goes_on
-from fashion_mnist_softmax.run.guards import SaveOnInterrupt
+from fashion_mnist_softmax.run.guards import HeldInterrupt, SaveOnInterrupt
 from fashion_mnist_softmax.run.metrics import INTERRUPTED, METRICS_FILE, PRUNED, VAL_ACC
 from fashion_mnist_softmax.run.pruning import ReportToTrial
 from fashion_mnist_softmax.run.record import EpochSummary, end_run, epoch_summary, run_metrics, stage_metrics, test_line
@@ -103,8 +103,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         except SystemExit:  # Ctrl-C or SIGTERM: SaveOnInterrupt saved last.ckpt
-            if trainer.interrupted and trainer.is_global_zero:  # and Lightning finished the loggers
-                _interrupted(trainer, run_dir, run_metrics(model.name, cfg.seed, summary.history, hparams, INTERRUPTED))
+            try:
+                if trainer.interrupted and trainer.is_global_zero:  # and Lightning finished the loggers
+                    metrics = run_metrics(model.name, cfg.seed, summary.history, hparams, INTERRUPTED)
+                    _interrupted(trainer, run_dir, metrics)
+            finally:
+                for held in (c for c in trainer.callbacks if isinstance(c, HeldInterrupt)):
+                    held.release()
             raise
         if epoch := pruned_at(trainer.callbacks):
             if trainer.is_global_zero:  # its search stopped it: untested

@@ -256,8 +256,11 @@ def train_group(cfgs: list[dict[str, Any]], envs: list[dict[str, str]]) -> list[
             _load_tested(trainer, module, members_run, base["test_ckpt"])
             trainer.test(module, datamodule=datamodule, verbose=False)
         except SystemExit:  # Lightning's own exit after Ctrl-C
-            if trainer.interrupted:
-                _interrupted(members, trainer.max_epochs)
+            try:
+                if trainer.interrupted:
+                    _interrupted(members, trainer.max_epochs)
+            finally:
+                members_run.release()
             raise
         flush_figures()  # every member's figures, before its loggers are finalized
         return [_end(member, module) for member in sorted(members, key=lambda m: order[m.k])]
