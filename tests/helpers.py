@@ -145,6 +145,11 @@ def run_in_terminal(script: str, *args: str, timeout: float = 300, env: dict | N
     return proc.wait(), output.decode(errors="replace")
 
 
+def events_dir(run_dir: Path) -> Path:
+    """Where a run's TensorBoard event files are: ``tensorboard/``, and in a sweep's job ``tensorboard/<overrides>``."""
+    return next((run_dir / "tensorboard").rglob("events.out.tfevents.*")).parent
+
+
 def assert_no_empty_files(run_dir: Path) -> None:
     assert [p for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size == 0] == [], "an empty file"
 

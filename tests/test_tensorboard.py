@@ -45,7 +45,7 @@ from fashion_mnist_softmax.run.metrics import (
     read_metrics,
 )
 
-from helpers import run_script, tiny_overrides
+from helpers import events_dir, run_script, tiny_overrides
 
 LRS = (0.1, 0.3)
 FIGURES = (SAMPLES, PREDICTIONS, WEIGHTS, CONFUSION, CURVES)
@@ -78,7 +78,7 @@ def multirun(fake_archives: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def events(job_dir: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    accumulator = EventAccumulator(str(events_dir(job_dir)), size_guidance={"images": 0, "scalars": 0})
     return accumulator.Reload()
 
 
@@ -173,7 +173,12 @@ def test_a_real_tensorboard_server_lists_one_run_per_job(multirun):
                 pass
             assert time.monotonic() < deadline, "tensorboard did not serve both runs within 60 s"
             time.sleep(0.5)
-        assert set(tags) == {"0/tensorboard", "1/tensorboard"}
+        # each run named by its job's overrides, which tell it from the others
+        names = {name.split("/")[0]: name for name in tags}
+        assert sorted(names) == ["0", "1"] and all(
+            name.startswith(f"{job}/tensorboard/") for job, name in names.items()
+        )
+        assert all(f"optim.lr={lr}" in names[str(job)] for job, lr in enumerate(LRS))
         assert all({TEST_ACC, TRAIN_LOSS_STEP} <= set(run_tags) for run_tags in tags.values())
 
         request = urllib.parse.quote(json.dumps({"experimentName": ""}))

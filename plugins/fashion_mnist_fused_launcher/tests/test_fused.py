@@ -59,7 +59,7 @@ from hydra_plugins.fashion_mnist_fused_launcher._core import _picklable_failure
 from hydra_plugins.fashion_mnist_fused_launcher._groups import why_not_fused
 from hydra_plugins.fashion_mnist_fused_launcher._population import FusedDataModule, FusedSGD, FusedSoftmaxRegression
 
-from helpers import NOT_A_TEST, ROOT, run_script, tiny_overrides
+from helpers import NOT_A_TEST, ROOT, events_dir, run_script, tiny_overrides
 from logger_stores import Logged, mlflow_runs, wandb_run
 
 FIGURES = (SAMPLES, WEIGHTS, CURVES, CONFUSION, PREDICTIONS)
@@ -113,7 +113,7 @@ def test_every_fused_job_equals_its_lone_run(fused, tiny_cfg, tmp_path):
             for run, d in (("t", job), ("a", tmp_path / job.name))
         }
         assert last["t"]["hyper_parameters"] == last["a"]["hyper_parameters"], job.name  # its own lr, momentum...
-        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+        assert list(events_dir(job).glob("events.out.tfevents.*"))
     assert len((sweep_dir / SUMMARY_CSV).read_text().splitlines()) == 33
 
 
@@ -165,7 +165,7 @@ def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
 
 def logged(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar and image a job logged to TensorBoard: (step, value) per tag, images as (step, width)."""
-    events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events = EventAccumulator(str(events_dir(job_dir)), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     found = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     return found | {f"image {tag}": [(e.step, e.width) for e in events.Images(tag)] for tag in events.Tags()["images"]}
@@ -214,6 +214,7 @@ def test_a_fused_job_logs_and_draws_what_its_lone_run_does(fake_archives, tiny_c
     for said in (result.stdout + result.stderr, "".join(capfd.readouterr())):  # settings.quiet: no W&B summary
         assert "wandb: Run history" not in said
     assert_same_scalars(logged(sweep / "1"), logged(alone_dir), "tensorboard")
+    assert str(events_dir(sweep / "1").relative_to(sweep / "1" / "tensorboard")) == job_name(sweep / "1")
 
     runs = mlflow_runs(logs / "mlflow.db")
     assert len(runs) == 3 and {run["status"] for run in runs.values()} == {"FINISHED"}

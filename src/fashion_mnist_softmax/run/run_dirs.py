@@ -63,10 +63,11 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_name(run_dir: str) -> str:
-    """A run's name in MLflow and W&B (``${run_name:${paths.output_dir}}`` in ``conf/logger/``), which otherwise
-    draw one from Python's ``random``, seeded alike in every run: a job of a multirun by its overrides
-    (``hydra.job.override_dirname``: what tells a sweep's jobs apart), any other run by its dir's name."""
+def run_name(run_dir: str = "") -> str:
+    """A run's name in the loggers (``${run_name:...}`` in ``conf/logger/``): a job of a multirun by its overrides
+    (``hydra.job.override_dirname``: what tells a sweep's jobs apart), any other run by ``run_dir``'s name. MLflow and
+    W&B would otherwise draw one from Python's ``random``, seeded alike in every run; TensorBoard names a run by its
+    folder, ``<job dir>/tensorboard/<overrides>`` (``${run_name:}``: a single run's is ``<run dir>/tensorboard``)."""
     if in_multirun() and (overrides := HydraConfig.get().job.override_dirname):
         return overrides
     return Path(run_dir).name
