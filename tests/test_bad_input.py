@@ -55,6 +55,12 @@ def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, ov
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_overfit_batches_is_refused_with_what_does_the_same(tiny_cfg):
+    """Lightning's overfit_batches swaps the DataModule's batch sampler for one of single images."""
+    with pytest.raises(UserError, match=r"^trainer.overfit_batches=2: .* trainer.limit_train_batches=2"):
+        check_config(tiny_cfg("trainer.overfit_batches=2"), "train")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

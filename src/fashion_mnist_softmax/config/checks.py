@@ -359,6 +359,12 @@ def _check_train(cfg: DictConfig) -> None:
             f"for other optimizers."
         )
     _check_batch_limits(cfg, ("train", "val", "test"))
+    if cfg.trainer.overfit_batches:
+        raise UserError(
+            f"trainer.overfit_batches={cfg.trainer.overfit_batches}: Lightning would swap the DataModule's batches for "
+            f"single images, which its in-memory batches cannot take. To overfit a few batches, train on them alone: "
+            f"trainer.limit_train_batches=2 trainer.max_epochs=50."
+        )
     if cfg.test_ckpt == "best" and (unvalidated := _never_validated(cfg)):
         raise UserError(
             f"test_ckpt=best tests the checkpoint with the best val/acc, and {unvalidated}, so none would be chosen. "
