@@ -51,15 +51,15 @@ def _records(path: Path):
 
 
 def wandb_run(run_dir: Path) -> dict:
-    """The one offline W&B run in ``run_dir/wandb``: its name, its scalars by Lightning's step, its config keys, its
-    images."""
+    """The one offline W&B run in ``run_dir/wandb``: its name, its tags, its scalars by Lightning's step, its config
+    keys, its images."""
     (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     metrics: Logged = {}
-    config, exit_code, name = set(), None, None
+    config, exit_code, name, tags = set(), None, None, []
     for record in _records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            name = record.run.display_name
+            name, tags = record.run.display_name, list(record.run.tags)
         elif kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
             for key, value in row.items():
@@ -70,4 +70,4 @@ def wandb_run(run_dir: Path) -> dict:
         elif kind == "exit":
             exit_code = record.exit.exit_code
     images = sorted(p.name.split("_")[0] for p in path.parent.glob("files/media/images/*.png"))
-    return {"name": name, "metrics": metrics, "config": config, "images": images, "exit_code": exit_code}
+    return {"name": name, "tags": tags, "metrics": metrics, "config": config, "images": images, "exit_code": exit_code}

@@ -45,6 +45,8 @@ def assert_clear_failure(result, *phrases: str) -> None:
         "trainer.max_epochs=-1",
         "test=maybe",
         "test=1",
+        "tags=dev",
+        "tags=[1]",
     ],
 )
 def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, override):

@@ -5,6 +5,8 @@ import re
 
 import pytest
 
+from fashion_mnist_softmax.run.metrics import read_metrics
+
 from helpers import NOT_A_TEST, assert_no_empty_files, run_in_terminal, run_script
 from logger_stores import mlflow_runs, wandb_run
 
@@ -16,15 +18,24 @@ def test_the_console_shows_the_run_and_nothing_else(tiny_train_args, tmp_path, c
     """With callbacks=default, to every logger: MLflow sends no usage data (it would keep an installation id in
     the user's config dir)."""
     loggers = "logger=[tensorboard,mlflow,wandb]" if callbacks == "default" else "logger=tensorboard"
+    loggers += " tags=[baseline,lr-test]" if callbacks == "default" else ""
     config_home = tmp_path / "config"
     env = {**NOT_A_TEST, "XDG_CONFIG_HOME": str(config_home)}
-    args = [*tiny_train_args, "impl=scratch", f"callbacks={callbacks}", loggers, f"paths.log_dir={tmp_path / 'logs'}"]
+    args = [
+        *tiny_train_args,
+        "impl=scratch",
+        f"callbacks={callbacks}",
+        *loggers.split(),
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
     result = run_script("train.py", *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (config_home / "mlflow").exists(), "MLflow's telemetry started"
     if callbacks == "default":  # named by its run dir, not by a name drawn from Python's random, seeded alike
         run = tmp_path / "run"
         assert mlflow_runs(tmp_path / "logs" / "mlflow.db")[str(run)]["name"] == run.name == wandb_run(run)["name"]
+        assert wandb_run(run)["tags"] == ["baseline", "lr-test"]  # and in metrics.json, with the config
+        assert read_metrics(run)["hparams"]["tags"] == ["baseline", "lr-test"]
     console = result.stdout + result.stderr
     for noise in NOISE:
         assert noise not in console, noise

@@ -345,6 +345,8 @@ def _check_train(cfg: DictConfig) -> None:
             f"The run lacks the callbacks {', '.join(missing)}, which every run has (conf/callbacks/always.yaml): "
             f"the epoch history and the checkpoints come from them. Leave them in callbacks."
         )
+    if not (isinstance(cfg.tags, ListConfig) and all(isinstance(tag, str) and tag for tag in cfg.tags)):
+        raise invalid("tags", cfg.tags, "a list of words, such as [baseline,lr-test]")
     n_train = (cfg.data.expected_sizes or SPLIT_SIZES)["train"]
     if not 0 <= cfg.data.val_size < n_train:
         raise invalid(
