@@ -57,6 +57,12 @@ def test_invalid_config_value_is_rejected_before_any_work(tiny_cfg, tmp_path, ov
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("overrides", [["train=false"], ["train=false", "test=false", "ckpt_path=x.ckpt"]])
+def test_train_false_without_a_checkpoint_to_test_is_refused(tiny_cfg, overrides):
+    with pytest.raises(UserError, match=r"^train=false tests the checkpoint ckpt_path as it is"):
+        check_config(tiny_cfg(*overrides), "train")
+
+
 def test_overfit_batches_is_refused_with_what_does_the_same(tiny_cfg):
     """Lightning's overfit_batches swaps the DataModule's batch sampler for one of single images."""
     with pytest.raises(UserError, match=r"^trainer.overfit_batches=2: .* trainer.limit_train_batches=2"):

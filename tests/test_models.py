@@ -251,3 +251,14 @@ def test_test_false_fits_only(tiny_cfg, tmp_path, capsys):
     metrics = train(tiny_cfg("test=false"))
     assert metrics["status"] == "completed" and len(metrics["history"]) == 2 and metrics["val/acc_best"] is not None
     assert metrics["test/acc"] is None and metrics["test_ckpt"] is None and "test acc" not in capsys.readouterr().out
+
+
+def test_train_false_tests_a_checkpoint_as_it_is(tiny_cfg, tmp_path):
+    first = train(tiny_cfg())
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()  # Hydra's, in a run
+    again = train(tiny_cfg("train=false", f"ckpt_path={last}", f"paths.output_dir={again_dir}"))
+    assert again["history"] == first["history"] and again["test_ckpt"] == str(last)  # its record, not trained on
+    assert 0 <= again["test/acc"] <= 1 and not (again_dir / "checkpoints").exists()
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * 14

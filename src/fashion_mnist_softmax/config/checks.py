@@ -56,6 +56,7 @@ CONSTRAINTS: dict[str, dict[str, tuple[Any, ...]]] = {
 APP_KEYS: dict[str, tuple[type, tuple[Any, ...]]] = {
     "seed": (int, (at.Interval(ge=0, le=2**32 - 1),)),
     "top_k": (int, (at.Ge(1),)),
+    "train": (bool, ()),
     "test": (bool, ()),
 }
 MIN_FREE_BYTES = 1 << 20  # below this, a run would fail as it writes its config or first checkpoint
@@ -299,14 +300,14 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, ListConfig | list | tuple) else [value]
 
 
-def _given_checkpoint(cfg: DictConfig, resume_impl: str | None = None) -> None:
-    """eval.py and predict.py cannot do without ``ckpt_path``; train.py resumes it (``resume_impl``)."""
+def _given_checkpoint(cfg: DictConfig) -> None:
+    """eval.py and predict.py cannot do without ``ckpt_path``."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise UserError(
             "No checkpoint given: add ckpt_path=<run dir>/checkpoints/last.ckpt (training runs are under "
             "logs/train/runs/)."
         )
-    check_checkpoint(cfg.ckpt_path, resume_impl, resume=resume_impl is not None)
+    check_checkpoint(cfg.ckpt_path)
 
 
 def _never_validated(cfg: DictConfig) -> str | None:
@@ -376,8 +377,13 @@ def _check_train(cfg: DictConfig) -> None:
         if not (cfg.test_ckpt.endswith(".ckpt") and Path(cfg.test_ckpt).is_file()):
             raise invalid("test_ckpt", cfg.test_ckpt, "best (by val/acc), last, or the path of an existing .ckpt file")
         check_checkpoint(cfg.test_ckpt, cfg.impl._target_)
-    if cfg.ckpt_path:
-        _given_checkpoint(cfg, resume_impl=cfg.impl._target_)
+    if not cfg.train and not (cfg.ckpt_path and cfg.test):
+        raise UserError(
+            "train=false tests the checkpoint ckpt_path as it is, without training it: add "
+            "ckpt_path=<run dir>/checkpoints/last.ckpt, and leave test=false out. (eval.py does the same.)"
+        )
+    if cfg.ckpt_path:  # resumed, or tested as it is (train=false)
+        check_checkpoint(cfg.ckpt_path, cfg.impl._target_, resume=cfg.train)
     writable(cfg.data.root, "The data folder (data.root)")
 
 

@@ -59,8 +59,8 @@ def tested_checkpoint(trainer: L.Trainer, test_ckpt: str) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit ``cfg.impl`` on ``cfg.data``, test the checkpoint named by ``cfg.test_ckpt`` (unless ``cfg.test`` is
-    false), return the metrics.
+    """Fit ``cfg.impl`` on ``cfg.data`` (unless ``cfg.train`` is false: ``cfg.ckpt_path`` is tested as it is), test
+    the checkpoint named by ``cfg.test_ckpt`` (unless ``cfg.test`` is false), return the metrics.
 
     A job of a search whose pruner stopped it (:mod:`~fashion_mnist_softmax.run.pruning`) is not tested."""
     console.quiet()
@@ -89,15 +89,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         # in a new dir, the best checkpoint is chosen among the new dir's: what docs/errors.md says of such a resume
         warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-    trained = len(resumed["callbacks"].get(EpochSummary.__qualname__, {}).get("history", [])) if resumed else 0
-    if trained >= cfg.trainer.max_epochs:
-        print(
-            paragraph(
-                f"Nothing left to train: {cfg.ckpt_path} has finished {trained} epochs, and trainer.max_epochs="
-                f"{cfg.trainer.max_epochs}. Testing it as it is; raise trainer.max_epochs to train it further."
+    record = (resumed or {}).get("callbacks", {}).get(EpochSummary.__qualname__)  # none in a weights-only one
+    trained = len(record["history"]) if record else 0
+    if not cfg.train or trained >= cfg.trainer.max_epochs:
+        if cfg.train:
+            print(
+                paragraph(
+                    f"Nothing left to train: {cfg.ckpt_path} has finished {trained} epochs, and trainer.max_epochs="
+                    f"{cfg.trainer.max_epochs}. Testing it as it is; raise trainer.max_epochs to train it further."
+                )
             )
-        )
-        summary.load_state_dict(resumed["callbacks"][EpochSummary.__qualname__])
+        if record:
+            summary.load_state_dict(record)
         test_ckpt = os.path.abspath(cfg.ckpt_path)  # as metrics.json names every tested checkpoint
     else:
         try:
