@@ -117,11 +117,8 @@ def why_not_fused(cfg: dict[str, Any]) -> str | None:
         return "gradient accumulation or clipping"
     if trainer.get("precision") not in (None, "32-true"):
         return f"the precision {trainer['precision']}: a fused group trains in 32-true"
-    if (
-        trainer.get("max_steps", -1) != -1
-        or trainer.get("fast_dev_run")
-        or any(trainer.get(f"limit_{s}_batches") is not None for s in ("train", "val", "test"))
-    ):
+    limits = [trainer.get(f"limit_{stage}_batches") for stage in ("train", "val", "test")]
+    if trainer.get("max_steps", -1) != -1 or trainer.get("fast_dev_run") or limits != [None] * 3:
         return "a step or batch limit"
     if cfg.get("ckpt_path"):
         return "a resumed run"
