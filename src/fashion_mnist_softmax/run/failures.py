@@ -57,8 +57,9 @@ def disk_full(error: BaseException, run_dir: Path) -> DiskFull | None:
     if cause is None:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"  # written whole or not at all: the last one is whole
-    resume = f"Its last checkpoint is whole; once there is room, resume with: {resume_command(run_dir, last)}"
-    go_on = search_goes_on() or (resume if last.is_file() else "")
+    go_on = search_goes_on() or ""
+    if not go_on and last.is_file():
+        go_on = f"Its last checkpoint is whole; once there is room, resume with: {resume_command(run_dir, last)}"
     return DiskFull(
         f"The disk is full: {cause.filename or 'a file of the run'} could not be written "
         f"({shutil.disk_usage(run_dir).free // 1024} kB free on the disk of {run_dir}). Free some space, or write "
