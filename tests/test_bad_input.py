@@ -98,6 +98,7 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_
         ("-m +optim.lrr=0.1 seed=1,2", "optim.lrr is not a setting of this run: did you mean optim.lr?"),
         ("data.batch_size=${nope}", "data.batch_size does not resolve: Interpolation key 'nope' not found. Fix it"),
         ("trainer.devices=${nope}", "trainer.devices does not resolve: Interpolation key 'nope' not found. Fix it"),
+        ("-m optim.lr=0.1,0.2 --cfg job", "-m and --cfg cannot be given together: a command does one of -m"),
     ],
 )
 def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(tmp_path, override, phrase):

@@ -113,6 +113,22 @@ def _hydras_words(text: str) -> str:
 
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
+# Hydra's flags that each choose what a command does, by every name they go by; Hydra takes one at a time
+MODES = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
+MODES |= {"-r": "--run", "--run": "--run", "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+
+
+def one_mode(argv: list[str]) -> None:
+    """Refuse a command line with more than one of Hydra's modes, which Hydra reports in a traceback."""
+    modes = list(dict.fromkeys(MODES[arg.split("=")[0]] for arg in argv if arg.split("=")[0] in MODES))
+    if len(modes) > 1:
+        raise UserError(
+            f"{' and '.join(modes)} cannot be given together: a command does one of -m (a sweep), --cfg (print the "
+            f"config), --info, --run and --shell-completion. To print the config of one job of a sweep, give that "
+            f"job's values without -m, e.g. --cfg job optim.lr=0.1."
+        )
+
+
 _BEFORE: dict[str, str | None] = {}  # its value before command_line_errors set it, until the task starts
 
 
@@ -127,6 +143,10 @@ def command_line_errors(main: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            one_mode(sys.argv[1:])
+        except UserError as e:
+            refuse(e)
         if os.environ.get(FULL_ERROR) == "1":
             return main(*args, **kwargs)
         _BEFORE[FULL_ERROR] = os.environ.get(FULL_ERROR)
