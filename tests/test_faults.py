@@ -299,6 +299,18 @@ def test_a_disk_that_fills_during_a_run_ends_it_in_one_paragraph_with_its_checkp
     assert_no_empty_files(run)
 
 
+def test_a_disk_that_fills_during_a_fused_sweep_fails_its_jobs_in_one_paragraph(world, small_disk):
+    """Each member says it, without the resume command: a member's checkpoints hold the weights only."""
+    sweep = ["hydra/launcher=fused", "optim.lr=0.1,0.2", "callbacks=default", "trainer.max_epochs=200"]
+    result = run_script("train.py", "-m", *args(world, *sweep, log_dir=small_disk))
+    console = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in console, console[-3000:]
+    said = " ".join(result.stderr.split())
+    for num in (0, 1):
+        assert f"Job {num} failed: The disk is full:" in said and f"{num}). Free some space" in said, said
+    assert "resume with" not in said and "Fix it on the command line" not in said and "OSError" not in said
+
+
 def test_a_disk_already_full_is_refused_before_the_run_writes_anything(world, small_disk):
     (small_disk / "other").write_bytes(bytes(1300 * 1024))
     result = run_script("train.py", *args(world, log_dir=small_disk))

@@ -9,6 +9,7 @@ ends with status 1 if a job failed: the sweepers (``hydra/sweeper=grid``, ``optu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import itertools
@@ -54,7 +55,8 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
-            write_summary(Path(config.hydra.sweep.dir), config)
+            with contextlib.suppress(OSError):  # a full disk, which the job says: the sweep's end writes it, or says so
+                write_summary(Path(config.hydra.sweep.dir), config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

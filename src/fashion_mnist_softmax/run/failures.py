@@ -48,9 +48,10 @@ def record_failure(error: Exception, run_dir: str | Path, details: str = "") -> 
     return reason
 
 
-def disk_full(error: BaseException, run_dir: Path) -> DiskFull | None:
+def disk_full(error: BaseException, run_dir: Path, resumable: bool = True) -> DiskFull | None:
     """The full disk behind ``error`` (ENOSPC, or a quota's EDQUOT), in one paragraph: what could not be written,
-    and how the run goes on once there is room; None for any other error."""
+    and how the run goes on once there is room (from its last checkpoint, where it is ``resumable``); None for any
+    other error."""
     cause: BaseException | None = error
     while cause is not None and not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)):
         cause = cause.__cause__ or cause.__context__
@@ -58,7 +59,7 @@ def disk_full(error: BaseException, run_dir: Path) -> DiskFull | None:
         return None
     last = run_dir / "checkpoints" / "last.ckpt"  # written whole or not at all: the last one is whole
     go_on = search_goes_on() or ""
-    if not go_on and last.is_file():
+    if not go_on and resumable and last.is_file():
         go_on = f"Its last checkpoint is whole; once there is room, resume with: {resume_command(run_dir, last)}"
     return DiskFull(
         f"The disk is full: {cause.filename or 'a file of the run'} could not be written "
@@ -153,6 +154,9 @@ def command_line_errors(main: Callable[..., T]) -> Callable[..., T]:
         os.environ[FULL_ERROR] = "1"
         try:
             return main(*args, **kwargs)
+        except JobFailed as e:  # a job that failed where it could not say so in its dir (a full disk): as Hydra says it
+            print(e, file=sys.stderr)
+            sys.exit(1)
         except CompactHydraException as e:  # raised before any task started: a task's errors go to Hydra
             unclaim_empty_dirs()  # e.g. a sweeper that refused its settings: the sweep dir holds nothing
             refuse(composition_error(e))

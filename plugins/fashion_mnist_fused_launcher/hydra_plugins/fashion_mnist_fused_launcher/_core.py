@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fashion_mnist_softmax.config.checks import check_config, usable_cores
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.run.failures import composition_error, is_pruned, job_failed
+from fashion_mnist_softmax.run.failures import composition_error, disk_full, is_pruned, job_failed
 
 if TYPE_CHECKING:
     from .fused_launcher import FusedLauncher
@@ -345,7 +345,9 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
                 if is_pruned(outcome):  # its sweeper's to tell, as a lone job's TrialPruned is
                     job.ret.return_value, job.ret.status = outcome, JobStatus.FAILED
                 elif isinstance(outcome, Exception):
-                    failure = job_failed(outcome, job.resolved["paths"]["output_dir"], num)
+                    job_dir = Path(job.resolved["paths"]["output_dir"])
+                    outcome = disk_full(outcome, job_dir, resumable=False) or outcome  # a member's is weights only
+                    failure = job_failed(outcome, job_dir, num)
                     job.ret.return_value, job.ret.status = failure, JobStatus.FAILED
                 else:
                     job.ret.return_value, job.ret.status = outcome, JobStatus.COMPLETED
