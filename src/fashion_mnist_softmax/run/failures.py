@@ -68,10 +68,11 @@ def disk_full(error: BaseException, run_dir: Path, resumable: bool = True) -> Di
     )
 
 
-def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "") -> JobFailed:
-    """Record a failed job of a multirun: its reason in ``<job dir>/error.txt`` and on stderr; the
-    :class:`JobFailed` that Hydra's launchers and sweepers take as the job's failure."""
-    reason = record_failure(error, job_dir, details)
+def job_failed(error: Exception, job_dir: str | Path, num: int, details: str = "", resumable: bool = True) -> JobFailed:
+    """Record a failed job of a multirun: its reason (a full disk's paragraph, :func:`disk_full`) in
+    ``<job dir>/error.txt`` and on stderr; the :class:`JobFailed` that Hydra's launchers and sweepers take as the
+    job's failure."""
+    reason = record_failure(disk_full(error, Path(job_dir), resumable) or error, job_dir, details)
     print(f"\nJob {num} failed: " + paragraph(reason) + details, file=sys.stderr, flush=True)  # a bug's traceback
     return JobFailed(f"Job {num} failed: {reason}")
 

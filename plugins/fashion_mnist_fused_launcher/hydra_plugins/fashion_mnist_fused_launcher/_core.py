@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fashion_mnist_softmax.config.checks import check_config, usable_cores
 from fashion_mnist_softmax.console import refuse
 from fashion_mnist_softmax.errors import UserError
-from fashion_mnist_softmax.run.failures import composition_error, disk_full, is_pruned, job_failed
+from fashion_mnist_softmax.run.failures import composition_error, is_pruned, job_failed
 
 if TYPE_CHECKING:
     from .fused_launcher import FusedLauncher
@@ -267,8 +267,7 @@ def _start_jobs(launcher: FusedLauncher, numbered: list[tuple[int, Sequence[str]
                     except EOFError:  # it died before it sent its outcome
                         composed[0].abort()
                         workers[i].join()
-                        died = _died([idx for idx, _ in numbered[i::n]], workers[i].exitcode)
-                        outcomes[i] = (numbered[i][0], died)
+                        outcomes[i] = (numbered[i][0], _died([idx for idx, _ in numbered[i::n]], workers[i].exitcode))
         for worker in workers:
             worker.join()
         return _in_order(list(outcomes.values()))
@@ -345,9 +344,8 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
                 if is_pruned(outcome):  # its sweeper's to tell, as a lone job's TrialPruned is
                     job.ret.return_value, job.ret.status = outcome, JobStatus.FAILED
                 elif isinstance(outcome, Exception):
-                    job_dir = Path(job.resolved["paths"]["output_dir"])
-                    outcome = disk_full(outcome, job_dir, resumable=False) or outcome  # a member's is weights only
-                    failure = job_failed(outcome, job_dir, num)
+                    # a member's checkpoints hold its weights only: a full disk's paragraph says no resume command
+                    failure = job_failed(outcome, job.resolved["paths"]["output_dir"], num, resumable=False)
                     job.ret.return_value, job.ret.status = failure, JobStatus.FAILED
                 else:
                     job.ret.return_value, job.ret.status = outcome, JobStatus.COMPLETED
