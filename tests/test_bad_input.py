@@ -99,6 +99,7 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_
         ("data.batch_size=${nope}", "data.batch_size does not resolve: Interpolation key 'nope' not found. Fix it"),
         ("trainer.devices=${nope}", "trainer.devices does not resolve: Interpolation key 'nope' not found. Fix it"),
         ("-m optim.lr=0.1,0.2 --cfg job", "-m and --cfg cannot be given together: a command does one of -m"),
+        ("optim=adam +optim.betas=[0.8,0.99]", "+optim.betas adds a key, and optim.betas is one already: set it"),
     ],
 )
 def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(tmp_path, override, phrase):
@@ -133,10 +134,12 @@ def test_an_optuna_search_without_multirun_is_refused(tmp_path):
     """Started by an interpreter that the shell's python is not (make train in a shell without the venv), the
     refusal's command names that interpreter."""
     no_venv = {**ONE_THREAD, "PATH": "/usr/bin:/bin"}
-    result = run_script("train.py", "hparams_search=optuna", f"paths.log_dir={tmp_path / 'logs'}", env=no_venv)
+    given = ["hparams_search=optuna", "trainer.max_epochs=3", f"paths.log_dir={tmp_path / 'logs'}"]
+    result = run_script("train.py", *given, env=no_venv)
     assert result.returncode == 2 and not (tmp_path / "logs").exists()
     python = os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable
-    assert_clear_failure(result, f"A search (hparams_search=optuna) runs with -m: {python} train.py -m hparams_search")
+    # the command as given, with -m
+    assert_clear_failure(result, f"runs with -m: {python} train.py -m {' '.join(given)}. Without -m")
 
 
 @pytest.mark.parametrize("setting", ["n_trials=0", "n_jobs=0"])

@@ -105,6 +105,11 @@ def test_training_into_another_runs_dir_is_refused_and_rewrites_nothing(world, r
     result = run_script("train.py", *args(world, f"hydra.run.dir={reference}"))
     refused(result, f"The run directory {reference} already holds another run", "ckpt_path=")
     assert fingerprint(reference) == before, "the other run's files, .hydra/ included, must stay as they were"
+    tested = ["ckpt_path=" + str(reference / "checkpoints" / "last.ckpt"), f"hydra.run.dir={reference}"]
+    data = [o for o in args(world) if o.startswith("data.")]
+    said = refused(run_script("eval.py", *data, *tested), f"The run directory {reference} already holds")
+    assert "resume" not in said, "eval.py resumes nothing"
+    assert fingerprint(reference) == before
 
 
 def unprivileged(script: str, *arguments: str) -> subprocess.CompletedProcess:

@@ -181,8 +181,13 @@ def _check_overrides(cfg: DictConfig) -> None:
     for override in OverridesParser.create().parse_overrides(given):
         key = override.key_or_group
         if override.is_add() and key.split(".")[0] not in FREE and key not in groups:
-            parent = key.rpartition(".")[0]
-            raise unknown_key(key, OmegaConf.select(cfg, parent) if parent else cfg)
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if isinstance(node, DictConfig) and leaf in {p.name for p in parameters(node.get("_target_", ""))}:
+                raise UserError(
+                    f"+{key} adds a key, and {key} is one already: set it without the +. Fix it on the command line."
+                )
+            raise unknown_key(key, node)
         if key not in groups and "${" in override.input_line:
             try:
                 OmegaConf.select(cfg, key, throw_on_resolution_failure=True)

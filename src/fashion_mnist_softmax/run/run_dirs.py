@@ -86,9 +86,8 @@ def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
     """Check ``config`` and give it a dir of its own: ``kind`` is "run" or "sweep"."""
     choices = config.hydra.runtime.choices
     if kind == "run" and (search := choices.get("hparams_search")):
-        command = python_command(
-            Path(os.environ.get("PROJECT_ROOT", ".")) / "train.py", "-m", f"hparams_search={search}"
-        )
+        given = OmegaConf.to_container(config.hydra.overrides.task)  # as typed
+        command = python_command(Path(os.environ.get("PROJECT_ROOT", ".")) / "train.py", "-m", *given)
         raise UserError(
             f"A search (hparams_search={search}) runs with -m: {command}. Without -m, train.py would train one run of "
             f"the search's base config and search nothing."
@@ -108,10 +107,11 @@ def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
             app == "train" and config.get("ckpt_path") and Path(config.ckpt_path).absolute().parent.parent == wanted
         )
         if wanted.is_dir() and any(wanted.iterdir()) and not resuming:
+            last = wanted / "checkpoints" / "last.ckpt"
+            resume = f"; to resume that run, add ckpt_path={last}" if app == "train" and last.is_file() else ""
             raise UserError(
                 f"The {kind} directory {wanted} already holds another run, which this one would overwrite. Leave "
-                f"hydra.{kind}.dir out to get a new directory, or choose an empty one"
-                + (f"; to resume that run, add ckpt_path={wanted}/checkpoints/last.ckpt." if kind == "run" else ".")
+                f"hydra.{kind}.dir out to get a new directory, or choose an empty one{resume}."
             )
         return
     writable(config.paths.log_dir, "The log folder (paths.log_dir)", room=True)
