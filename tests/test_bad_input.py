@@ -123,6 +123,15 @@ def test_a_key_that_no_job_of_a_sweep_has_ends_it_in_one_paragraph_before_any_jo
     assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir()], "a job dir was made"
 
 
+@pytest.mark.parametrize("launcher", ["basic", "fused"])
+def test_a_sweep_with_a_choice_its_group_lacks_leaves_no_sweep_dir(tmp_path, launcher):
+    logs = tmp_path / "logs"
+    args = ["-m", f"hydra/launcher={launcher}", "impl=scratch,scrach", f"paths.log_dir={logs}"]
+    result = run_script("train.py", *args, env=ONE_THREAD)
+    assert_clear_failure(result, "impl=scrach is not a choice of impl: did you mean impl=scratch?")
+    assert result.returncode == 2 and not [p for p in logs.rglob("*") if p.is_file() or p.name[0].isdigit()]
+
+
 def test_what_fails_once_the_run_started_hydra_reports_as_it_always_does(tiny_train_args):
     """A mistake that only the run finds is not one of the command line's: Hydra's report, status 1."""
     result = run_script("train.py", *tiny_train_args, "callbacks=inspection", "callbacks.figures._target_=nope")

@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from fashion_mnist_softmax.config.checks import APPS, check_config, expected_of, invalid, unknown_key
 from fashion_mnist_softmax.console import paragraph, refuse
-from fashion_mnist_softmax.errors import DiskFull, JobFailed, UserError
+from fashion_mnist_softmax.errors import EXIT_USER_ERROR, DiskFull, JobFailed, UserError
 from fashion_mnist_softmax.files import write_atomic
 from fashion_mnist_softmax.run.commands import resume_command, search_goes_on
 from fashion_mnist_softmax.run.run_dirs import in_multirun, unclaim_empty_dirs
@@ -161,6 +161,10 @@ def command_line_errors(main: Callable[..., T]) -> Callable[..., T]:
         except CompactHydraException as e:  # raised before any task started: a task's errors go to Hydra
             unclaim_empty_dirs()  # e.g. a sweeper that refused its settings: the sweep dir holds nothing
             refuse(composition_error(e))
+        except SystemExit as e:  # a refusal: a sweep's job that could not be composed, say
+            if e.code == EXIT_USER_ERROR:
+                unclaim_empty_dirs()
+            raise
         finally:
             _hand_back()
 

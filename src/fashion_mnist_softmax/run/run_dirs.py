@@ -43,10 +43,12 @@ def claim(wanted: Path) -> Path:
 
 
 def unclaim_empty_dirs() -> None:
-    """Remove the dirs this process claimed that are still empty: a run or sweep refused before it wrote anything
-    leaves no dir behind."""
+    """Remove the dirs this process claimed that hold nothing of a run: a run or sweep refused before it wrote
+    anything leaves no dir behind (a sweep's ``multirun.yaml``, which Hydra writes as it starts, is no run's)."""
     for path in CLAIMED:
         with contextlib.suppress(OSError):
+            if [p.name for p in path.iterdir()] == ["multirun.yaml"]:
+                (path / "multirun.yaml").unlink()
             path.rmdir()  # only an empty dir
     CLAIMED.clear()
 
