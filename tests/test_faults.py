@@ -132,9 +132,16 @@ def test_a_read_only_folder_is_refused_before_anything_is_written(world, referen
     }[place]
     before, dirs = fingerprint(reference), run_dirs(world)
     result = unprivileged("train.py", *args(world, *given))
-    refused(result, "cannot be written to", str(read_only))
+    key = {"log": "paths.log_dir", "data": "data.root", "run": "hydra.run.dir"}[place]
+    refused(result, "cannot be written to", str(read_only), f"Give a writable place on the command line: {key}=<dir>.")
     assert not any(read_only.iterdir()) and run_dirs(world) == dirs
     assert fingerprint(reference) == before
+
+
+def test_a_folder_on_no_disk_is_refused_as_no_place_to_write(world):
+    """/proc takes no files, though its permissions say root may write there: no full disk, a mistake (status 2)."""
+    result = run_script("train.py", *args(world, log_dir=Path("/proc/logs")))
+    refused(result, "The log folder (paths.log_dir) /proc/logs cannot be written to", "paths.log_dir=<dir>.")
 
 
 def test_four_runs_started_together_each_get_a_run_dir_of_their_own(world, fake_archives):

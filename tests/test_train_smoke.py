@@ -53,12 +53,13 @@ def test_the_console_shows_the_run_and_nothing_else(tiny_train_args, tmp_path, c
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_the_smoke_run_shows_its_one_epoch_and_nothing_else(tiny_train_args):
+@pytest.mark.parametrize("smoke", ["debug=quick", "trainer.fast_dev_run=true"])
+def test_the_smoke_run_shows_its_one_epoch_and_nothing_else(tiny_train_args, smoke):
     args = [a for a in tiny_train_args if not a.startswith(("trainer.max_epochs", "trainer.log_every_n_steps"))]
-    result = run_script("train.py", *args, "debug=quick")
+    result = run_script("train.py", *args, smoke)
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
-    for noise in (*NOISE, "logging interval"):  # log_every_n_steps fits its two steps
+    for noise in (*NOISE, "logging interval", "fast_dev_run"):  # log_every_n_steps fits its two steps
         assert noise not in console, noise
     assert "epoch 1, loss " in console and "epoch 2," not in console
 

@@ -54,6 +54,7 @@ LIGHTNING_INFO = (
     "Restored all states from the checkpoint",
     "LOCAL_RANK:",
     "Detected KeyboardInterrupt",  # the run says how it stopped and how to resume it
+    "Running in `fast_dev_run` mode",  # what the user asked for, said twice (Lightning's handler and Hydra's)
 )
 
 

@@ -221,21 +221,22 @@ def _check_batch_limits(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             raise invalid(f"trainer.limit_{stage}_batches", limit, expected)
 
 
-def writable(path: str | Path, what: str, room: bool = False) -> None:
-    """``path``, or the nearest folder above it that exists, can be written to; with ``room``, its disk has room for
-    a run's config, first checkpoints and logs (:data:`MIN_FREE_BYTES`)."""
+def writable(path: str | Path, what: str, key: str, room: bool = False) -> None:
+    """``path`` (the value of ``key``), or the nearest folder above it that exists, can be written to; with ``room``,
+    its disk has room for a run's config, first checkpoints and logs (:data:`MIN_FREE_BYTES`)."""
     place = Path(path).expanduser().absolute()
     while not place.exists():
         place = place.parent
-    if not os.access(place, os.W_OK) or not place.is_dir():
+    # a disk of no size is no disk for files (/proc, /sys), whatever the permissions say
+    if not os.access(place, os.W_OK) or not place.is_dir() or shutil.disk_usage(place).total == 0:
         raise UserError(
-            f"{what} {path} cannot be written to ({place} is not a writable folder: it is read-only, or not a "
-            f"folder). Give a writable place on the command line, e.g. paths.log_dir=<dir> or data.root=<dir>."
+            f"{what} ({key}) {path} cannot be written to ({place} is not a writable folder: it is read-only, or not "
+            f"a folder). Give a writable place on the command line: {key}=<dir>."
         )
     if room and (free := shutil.disk_usage(place).free) < MIN_FREE_BYTES:
         raise DiskFull(
-            f"The disk of {what.lower()} {path} is full ({free // 1024} kB free): the run could not write its "
-            f"config, checkpoints and logs. Free some space, or give another place, e.g. paths.log_dir=<dir>."
+            f"The disk of {what.lower()} ({key}) {path} is full ({free // 1024} kB free): the run could not write "
+            f"its config, checkpoints and logs. Free some space, or give another place: {key}=<dir>."
         )
 
 
@@ -389,7 +390,7 @@ def _check_train(cfg: DictConfig) -> None:
         )
     if cfg.ckpt_path:  # resumed, or tested as it is (train=false)
         check_checkpoint(cfg.ckpt_path, cfg.impl._target_, resume=cfg.train)
-    writable(cfg.data.root, "The data folder (data.root)")
+    writable(cfg.data.root, "The data folder", "data.root")
 
 
 def _check_eval(cfg: DictConfig) -> None:
@@ -401,7 +402,7 @@ def _check_eval(cfg: DictConfig) -> None:
             f"trainer.devices): Lightning would start the other processes by running eval.py again, inside this "
             f"run's directory. Leave trainer=ddp and trainer.devices out: the test set takes seconds on one device."
         )
-    writable(cfg.data.root, "The data folder (data.root)")
+    writable(cfg.data.root, "The data folder", "data.root")
     _given_checkpoint(cfg)
 
 
@@ -418,7 +419,7 @@ def _check_predict(cfg: DictConfig) -> None:
         open_image(path).close()  # its header: a file that is no image, or too large, is refused here
     if as_list(cfg.indices):
         check_indices(as_list(cfg.indices), (cfg.data.expected_sizes or {}).get("test"))
-        writable(cfg.data.root, "The data folder (data.root)")
+        writable(cfg.data.root, "The data folder", "data.root")
     _given_checkpoint(cfg)
 
 

@@ -104,7 +104,7 @@ def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
     node = config.hydra[kind]
     wanted = Path(str(node.dir)).absolute()
     if _given(config, f"hydra.{kind}.dir"):  # the user's own choice: used as it is, if it holds no other run
-        writable(wanted, f"The {kind} dir (hydra.{kind}.dir)", room=True)
+        writable(wanted, f"The {kind} dir", f"hydra.{kind}.dir", room=True)
         resuming = (
             app == "train" and config.get("ckpt_path") and Path(config.ckpt_path).absolute().parent.parent == wanted
         )
@@ -116,7 +116,7 @@ def check_and_claim(config: DictConfig, kind: str, app: str | None) -> None:
                 f"hydra.{kind}.dir out to get a new directory, or choose an empty one{resume}."
             )
         return
-    writable(config.paths.log_dir, "The log folder (paths.log_dir)", room=True)
+    writable(config.paths.log_dir, "The log folder", "paths.log_dir", room=True)
     claimed = claim(wanted)
     with read_write(config.hydra), open_dict(config.hydra):
         node.dir = str(claimed)
