@@ -36,6 +36,7 @@ from fashion_mnist_softmax.run.metrics import (
     TEST_LOSS,
     TRAIN_ACC,
     TRAIN_LOSS,
+    TRAIN_LR,
     VAL_ACC,
     VAL_ACC_BEST,
     VAL_LOSS,
@@ -184,6 +185,7 @@ def test_a_signal_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(ru
     assert [row["epoch"] for row in resumed["history"]] == list(range(1, EPOCHS + 1))
     for row_a, row_r in zip(a["history"], resumed["history"], strict=True):
         assert all(math.isfinite(row_r[k]) for k in (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC))
+        assert row_r[TRAIN_LR] == row_a[TRAIN_LR], "the epoch resumed in its middle has its learning rate too"
         assert 0 < row_r[EPOCH_TIME] < 60
         # epoch 2's training metrics cover the batches after the resume; everything else is the same
         same = (VAL_LOSS, VAL_ACC) if row_r["epoch"] == 2 else (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC)

@@ -117,6 +117,8 @@ class Classifier(L.LightningModule):
             mean_loss, mean_acc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
             self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "train", logger=False)
             self.log(f"{stage}/acc", mean_acc, on_step=False, on_epoch=True, prog_bar=stage == "val", logger=False)
+            if stage == "train":  # this epoch's, after scheduling; the same on every rank
+                self.log(TRAIN_LR, self.optimizers().param_groups[0]["lr"], logger=False, sync_dist=True)
         return logits, loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -130,10 +132,6 @@ class Classifier(L.LightningModule):
         """Returns the predicted classes, for callbacks such as the confusion matrix."""
         logits, _ = self._step("test", batch, batch_idx)
         return logits.argmax(dim=-1)
-
-    def on_train_epoch_start(self) -> None:
-        # this epoch's, after scheduling; the same on every rank
-        self.log(TRAIN_LR, self.optimizers().param_groups[0]["lr"], logger=False, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         return with_scheduler(instantiate(self.hparams.optimizer, params=self.parameters()), self.hparams.scheduler)
