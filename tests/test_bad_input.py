@@ -100,6 +100,7 @@ def test_combinations_that_cannot_run_are_refused_before_any_work(tiny_cfg, tmp_
         ("trainer.devices=${nope}", "trainer.devices does not resolve: Interpolation key 'nope' not found. Fix it"),
         ("-m optim.lr=0.1,0.2 --cfg job", "-m and --cfg cannot be given together: a command does one of -m"),
         ("optim=adam +optim.betas=[0.8,0.99]", "+optim.betas adds a key, and optim.betas is one already: set it"),
+        ("~optim.lr", "~optim.lr cannot remove optim.lr: every argument of torch.optim.SGD is a key, with its"),
     ],
 )
 def test_unknown_keys_and_wrong_types_end_in_one_paragraph_and_leave_no_run_dir(tmp_path, override, phrase):

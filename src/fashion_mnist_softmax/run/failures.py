@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ConfigTypeError, ValidationError
 
 from fashion_mnist_softmax.config.checks import APPS, check_config, expected_of, invalid, unknown_key
 from fashion_mnist_softmax.console import paragraph, refuse
@@ -86,6 +86,12 @@ def composition_error(e: CompactHydraException) -> UserError:
         return unknown_key(cause.full_key, cause.parent_node)
     if isinstance(cause, ValidationError) and isinstance(cause.parent_node, DictConfig):  # of the wrong type
         return invalid(cause.full_key, cause.value, expected_of(cause.parent_node, cause.full_key.rpartition(".")[2]))
+    deleted = f"~{getattr(cause, 'full_key', '')}"
+    if isinstance(cause, ConfigTypeError) and any(arg.split("=")[0] == deleted for arg in sys.argv[1:]):
+        return UserError(  # a key of a target's signature, which its schema keeps
+            f"{deleted} cannot remove {deleted[1:]}: every argument of {cause.parent_node.get('_target_')} is a key, "
+            f"with its default. Set it instead ({deleted[1:]}=<value>). Fix it on the command line."
+        )
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file:
         group, _, choice = e.missing_cfg_file.rpartition("/")
         close = difflib.get_close_matches(choice, e.options, n=1)
