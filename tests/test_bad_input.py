@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -228,6 +229,21 @@ def test_no_data_anywhere_says_how_to_get_it(tiny_cfg, tmp_path):
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist") as error:
         train(tiny_cfg(f"data.search_dirs=[{empty}]"))
     assert "train-images-idx3-ubyte.gz" in error.value.message
+
+
+@pytest.mark.parametrize("app", ["train", "eval", "predict"])
+def test_no_data_with_the_download_off_is_refused_before_the_run_dir(compose_cfg, fake_archives, tmp_path, app):
+    """What the run would read is looked for before its dir exists, and nothing is made where it looked."""
+    data = [f"data.root={tmp_path / 'nowhere'}", "data.download=false", "data.expected_sizes=null"]
+    ckpt = f"ckpt_path={tmp_path / 'x.ckpt'}"
+    given = {"train": [], "eval": [ckpt], "predict": [ckpt, "indices=0"]}
+    cfg = compose_cfg([*data, f"data.search_dirs=[{tmp_path}]", *given[app]], config_name=app)
+    with pytest.raises(UserError, match="the download is off") as error:
+        check_config(cfg, app, machine=False)
+    assert "train-images-idx3-ubyte" in error.value.message and not (tmp_path / "nowhere").exists()
+    found = compose_cfg([*data, f"data.search_dirs=[{fake_archives}]", *given[app]], config_name=app)
+    with pytest.raises(UserError, match=r"No checkpoint at .*x\.ckpt") if given[app] else contextlib.nullcontext():
+        check_config(found, app, machine=False)  # the data is found: what comes next is checked
 
 
 def test_truncated_archive_is_named_and_left_untouched(tiny_train_args, fake_archives, tmp_path):

@@ -30,7 +30,7 @@ from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 
 from fashion_mnist_softmax.checkpoints import check_checkpoint
 from fashion_mnist_softmax.config.signatures import metadata, parameters
-from fashion_mnist_softmax.data.fashion_mnist import SPLIT_SIZES
+from fashion_mnist_softmax.data.fashion_mnist import SPLIT_SIZES, unavailable, unfound
 from fashion_mnist_softmax.data.images import image_files, open_image
 from fashion_mnist_softmax.errors import DiskFull, UserError
 from fashion_mnist_softmax.models import SCRATCH_MODEL, SCRATCH_OPTIMIZER
@@ -299,6 +299,13 @@ def check_machine(trainer: DictConfig) -> None:
         )
 
 
+def _check_data(data: DictConfig) -> None:
+    """The data folder can be written to, and, with the download off, the data is there to be read."""
+    writable(data.root, "The data folder", "data.root")
+    if not data.get("download", True) and (missing := unfound(data.root, as_list(data.search_dirs))):
+        raise unavailable(data.root, as_list(data.search_dirs), missing, "the download is off (data.download=false)")
+
+
 def as_list(value: Any) -> list[Any]:
     """A command-line value as a list: ``a.jpg`` and ``[a.jpg,b/]`` alike."""
     if value is None:
@@ -390,7 +397,7 @@ def _check_train(cfg: DictConfig) -> None:
         )
     if cfg.ckpt_path:  # resumed, or tested as it is (train=false)
         check_checkpoint(cfg.ckpt_path, cfg.impl._target_, resume=cfg.train)
-    writable(cfg.data.root, "The data folder", "data.root")
+    _check_data(cfg.data)
 
 
 def _check_eval(cfg: DictConfig) -> None:
@@ -402,7 +409,7 @@ def _check_eval(cfg: DictConfig) -> None:
             f"trainer.devices): Lightning would start the other processes by running eval.py again, inside this "
             f"run's directory. Leave trainer=ddp and trainer.devices out: the test set takes seconds on one device."
         )
-    writable(cfg.data.root, "The data folder", "data.root")
+    _check_data(cfg.data)
     _given_checkpoint(cfg)
 
 
@@ -419,7 +426,7 @@ def _check_predict(cfg: DictConfig) -> None:
         open_image(path).close()  # its header: a file that is no image, or too large, is refused here
     if as_list(cfg.indices):
         check_indices(as_list(cfg.indices), (cfg.data.expected_sizes or {}).get("test"))
-        writable(cfg.data.root, "The data folder", "data.root")
+        _check_data(cfg.data)
     _given_checkpoint(cfg)
 
 

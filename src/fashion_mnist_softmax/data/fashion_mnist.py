@@ -130,10 +130,8 @@ def ensure_raw_files(
     """
     raw = raw_dir(root)
     raw.mkdir(parents=True, exist_ok=True)
-    places = [raw, *(Path(d).expanduser() for d in search_dirs)]
     with FileLock(str(raw / ".prepare.lock")):
-        for name in _missing(raw):
-            gz = next((p / f"{name}.gz" for p in places if (p / f"{name}.gz").is_file()), None)
+        for name, gz in _archives(root, search_dirs).items():
             if gz is not None:
                 _extract(gz, raw / name)
         if not _missing(raw):
@@ -145,19 +143,37 @@ def ensure_raw_files(
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
         if missing := _missing(raw):
-            tried = ", ".join(str(p) for p in places)
-            raise DataError(
-                f"Fashion-MNIST is not available: {', '.join(missing)} not found in {tried}, and the download "
-                f"failed ({error}). Fix it in one of two ways: install the Debian/Ubuntu package "
-                f"(`sudo apt-get install dataset-fashion-mnist`), or copy the four files "
-                f"train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-                f"t10k-labels-idx1-ubyte.gz to {raw}/."
-            )
+            raise unavailable(root, search_dirs, missing, f"the download failed ({error})")
     return raw
 
 
 def _missing(raw: Path) -> list[str]:
     return [name for name in RAW_FILES if not (raw / name).is_file()]
+
+
+def _archives(root: str | Path, search_dirs: Sequence[str]) -> dict[str, Path | None]:
+    """The archive of each IDX file missing from ``<root>/FashionMNIST/raw``: the first found there or in
+    ``search_dirs``, or None."""
+    places = [raw_dir(root), *(Path(d).expanduser() for d in search_dirs)]
+    return {
+        name: next((p / f"{name}.gz" for p in places if (p / f"{name}.gz").is_file()), None)
+        for name in _missing(raw_dir(root))
+    }
+
+
+def unfound(root: str | Path, search_dirs: Sequence[str]) -> list[str]:
+    """The IDX files that neither ``<root>/FashionMNIST/raw`` nor an archive there or in ``search_dirs`` holds."""
+    return [name for name, gz in _archives(root, search_dirs).items() if gz is None]
+
+
+def unavailable(root: str | Path, search_dirs: Sequence[str], missing: list[str], why: str) -> DataError:
+    tried = ", ".join(str(p) for p in [raw_dir(root), *(Path(d).expanduser() for d in search_dirs)])
+    return DataError(
+        f"Fashion-MNIST is not available: {', '.join(missing)} not found in {tried}, and {why}. Fix it in one of "
+        f"two ways: install the Debian/Ubuntu package (`sudo apt-get install dataset-fashion-mnist`), or copy the "
+        f"four files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+        f"t10k-labels-idx1-ubyte.gz to {raw_dir(root)}/."
+    )
 
 
 def load_split(root: str | Path, train: bool, expected_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
