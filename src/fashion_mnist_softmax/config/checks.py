@@ -302,8 +302,9 @@ def check_machine(trainer: DictConfig) -> None:
 def _check_data(data: DictConfig) -> None:
     """The data folder can be written to, and, with the download off, the data is there to be read."""
     writable(data.root, "The data folder", "data.root")
-    if not data.get("download", True) and (missing := unfound(data.root, as_list(data.search_dirs))):
-        raise unavailable(data.root, as_list(data.search_dirs), missing, "the download is off (data.download=false)")
+    places = as_list(data.get("search_dirs"))
+    if not data.get("download", True) and (missing := unfound(data.root, places)):
+        raise unavailable(data.root, places, missing, "the download is off (data.download=false)")
 
 
 def as_list(value: Any) -> list[Any]:

@@ -86,10 +86,11 @@ def composition_error(e: CompactHydraException) -> UserError:
         return unknown_key(cause.full_key, cause.parent_node)
     if isinstance(cause, ValidationError) and isinstance(cause.parent_node, DictConfig):  # of the wrong type
         return invalid(cause.full_key, cause.value, expected_of(cause.parent_node, cause.full_key.rpartition(".")[2]))
-    deleted = f"~{getattr(cause, 'full_key', '')}"
-    if isinstance(cause, ConfigTypeError) and any(arg.split("=")[0] == deleted for arg in sys.argv[1:]):
-        return UserError(  # a key of a target's signature, which its schema keeps
-            f"{deleted} cannot remove {deleted[1:]}: every argument of {cause.parent_node.get('_target_')} is a key, "
+    deleted, node = f"~{getattr(cause, 'full_key', '')}", getattr(cause, "parent_node", None)
+    removed = deleted in {arg.split("=")[0] for arg in sys.argv[1:]}  # as typed: a key its target's schema keeps
+    if isinstance(cause, ConfigTypeError) and isinstance(node, DictConfig) and "_target_" in node and removed:
+        return UserError(
+            f"{deleted} cannot remove {deleted[1:]}: every argument of {node._target_} is a key, "
             f"with its default. Set it instead ({deleted[1:]}=<value>). Fix it on the command line."
         )
     if isinstance(e, MissingConfigException) and e.options and e.missing_cfg_file:
