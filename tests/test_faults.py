@@ -42,6 +42,7 @@ def world(fake_archives: Path) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="faults-", dir="/tmp"))
     folder.chmod(0o777)
     shutil.copytree(fake_archives, folder / "archives")
+    (folder / "archives").chmod(0o755)  # a copy of a folder of pytest's, which only its owner may enter
     yield folder
     for path in folder.rglob("*"):  # let the clean-up into read-only folders
         if path.is_dir():
@@ -136,6 +137,15 @@ def test_a_read_only_folder_is_refused_before_anything_is_written(world, referen
     refused(result, "cannot be written to", str(read_only), f"Give a writable place on the command line: {key}=<dir>.")
     assert not any(read_only.iterdir()) and run_dirs(world) == dirs
     assert fingerprint(reference) == before
+
+
+def test_a_search_dir_this_user_may_not_enter_holds_no_data_for_the_run(world):
+    private = world / "private"
+    shutil.copytree(world / "archives", private / "archives")
+    private.chmod(0o700)
+    given = [f"data.search_dirs=[{private / 'archives'}]", f"data.root={world / 'data-of-nobody'}"]
+    result = unprivileged("train.py", *args(world, *given, log_dir=world / "logs-of-nobody"))
+    refused(result, "Fashion-MNIST is not available", "and the download is off (data.download=false)")
 
 
 def test_a_folder_on_no_disk_is_refused_as_no_place_to_write(world):

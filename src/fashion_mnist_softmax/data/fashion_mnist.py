@@ -148,7 +148,7 @@ def ensure_raw_files(
 
 
 def _missing(raw: Path) -> list[str]:
-    return [name for name in RAW_FILES if not (raw / name).is_file()]
+    return [name for name in RAW_FILES if not _is_file(raw / name)]
 
 
 def _archives(root: str | Path, search_dirs: Sequence[str]) -> dict[str, Path | None]:
@@ -156,9 +156,17 @@ def _archives(root: str | Path, search_dirs: Sequence[str]) -> dict[str, Path | 
     ``search_dirs``, or None."""
     places = [raw_dir(root), *(Path(d).expanduser() for d in search_dirs)]
     return {
-        name: next((p / f"{name}.gz" for p in places if (p / f"{name}.gz").is_file()), None)
+        name: next((p / f"{name}.gz" for p in places if _is_file(p / f"{name}.gz")), None)
         for name in _missing(raw_dir(root))
     }
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; not in a folder this user may not enter."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        return False
 
 
 def unfound(root: str | Path, search_dirs: Sequence[str]) -> list[str]:
