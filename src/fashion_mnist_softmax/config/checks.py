@@ -228,14 +228,15 @@ def writable(path: str | Path, what: str, key: str, room: bool = False) -> None:
     while not place.exists():
         place = place.parent
     # a disk of no size is no disk for files (/proc, /sys), whatever the permissions say
-    if not os.access(place, os.W_OK) or not place.is_dir() or shutil.disk_usage(place).total == 0:
+    disk = shutil.disk_usage(place)
+    if not os.access(place, os.W_OK) or not place.is_dir() or disk.total == 0:
         raise UserError(
             f"{what} ({key}) {path} cannot be written to ({place} is not a writable folder: it is read-only, or not "
             f"a folder). Give a writable place on the command line: {key}=<dir>."
         )
-    if room and (free := shutil.disk_usage(place).free) < MIN_FREE_BYTES:
+    if room and disk.free < MIN_FREE_BYTES:
         raise DiskFull(
-            f"The disk of {what.lower()} ({key}) {path} is full ({free // 1024} kB free): the run could not write "
+            f"The disk of {what.lower()} ({key}) {path} is full ({disk.free // 1024} kB free): the run could not write "
             f"its config, checkpoints and logs. Free some space, or give another place: {key}=<dir>."
         )
 

@@ -154,11 +154,16 @@ def _missing(raw: Path) -> list[str]:
 def _archives(root: str | Path, search_dirs: Sequence[str]) -> dict[str, Path | None]:
     """The archive of each IDX file missing from ``<root>/FashionMNIST/raw``: the first found there or in
     ``search_dirs``, or None."""
-    places = [raw_dir(root), *(Path(d).expanduser() for d in search_dirs)]
+    places = _places(root, search_dirs)
     return {
         name: next((p / f"{name}.gz" for p in places if _is_file(p / f"{name}.gz")), None)
         for name in _missing(raw_dir(root))
     }
+
+
+def _places(root: str | Path, search_dirs: Sequence[str]) -> list[Path]:
+    """Where the archives are looked for, in order: the raw folder, then ``search_dirs``."""
+    return [raw_dir(root), *(Path(d).expanduser() for d in search_dirs)]
 
 
 def _is_file(path: Path) -> bool:
@@ -175,7 +180,7 @@ def unfound(root: str | Path, search_dirs: Sequence[str]) -> list[str]:
 
 
 def unavailable(root: str | Path, search_dirs: Sequence[str], missing: list[str], why: str) -> DataError:
-    tried = ", ".join(str(p) for p in [raw_dir(root), *(Path(d).expanduser() for d in search_dirs)])
+    tried = ", ".join(map(str, _places(root, search_dirs)))
     return DataError(
         f"Fashion-MNIST is not available: {', '.join(missing)} not found in {tried}, and {why}. Fix it in one of "
         f"two ways: install the Debian/Ubuntu package (`sudo apt-get install dataset-fashion-mnist`), or copy the "
