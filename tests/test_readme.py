@@ -1,5 +1,6 @@
 """The README and the pages of docs/: every train.py, eval.py and predict.py command composes, exactly as it is
-written there; every relative link leads to a file; the README stays short."""
+written there; every relative link leads to a file, and so does every file of the project a page names; the README
+stays short."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from helpers import ROOT
 SCRIPTS = {"train.py": "train", "eval.py": "eval", "predict.py": "predict"}
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+PLUGIN_PAGES = sorted((ROOT / "plugins").glob("*/README.md"))
+# a file of the project as a page names it, from the project's root: `src/...`, `plugins/.../tests/test_x.py`
+PROJECT_PATH = re.compile(r"`((?:src|plugins|conf|tests|benchmarks|docs|notebooks)/[\w./-]*)`")
 README_MAX_LINES = 250
 
 
@@ -68,6 +72,13 @@ def test_a_page_has_no_html_comments(page: Path):
 def test_every_relative_link_of_a_page_resolves(page: Path):
     missing = [t for t in links(page) if not (page.parent / t.split("#")[0]).exists()]
     assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+
+
+@pytest.mark.parametrize("page", [*PAGES, *PLUGIN_PAGES], ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_every_project_file_a_page_names_exists(page: Path):
+    named = [path for path in PROJECT_PATH.findall(page.read_text()) if "..." not in path]  # `a/.../b.py` abridges
+    missing = [path for path in named if not (ROOT / path).exists()]
+    assert not missing, f"{page.relative_to(ROOT)} names files the project does not have: {missing}"
 
 
 @pytest.mark.parametrize("command", sorted({c for page in PAGES for c in commands(page)}))
