@@ -210,6 +210,17 @@ def test_jobs_in_processes_of_their_own_prune_through_the_studys_storage(tmp_pat
             t.user_attrs["job_dir"] == str(tmp_path / str(t.number)) and (tmp_path / str(t.number) / ".hydra").is_dir()
         )
     assert f"6 new trials: {6 - len(pruned)} completed, {len(pruned)} pruned, 0 failed" in result.stdout
+    # after each batch but the last: where the search stands, and the best value so far (minimized)
+    lines = re.findall(
+        r"(\d) of 6 new trials ended: (\d) completed, (\d) pruned, 0 failed(?:; best value (\S+) \(trial (\d)\))?",
+        result.stdout,
+    )
+    assert [int(told) for told, *_ in lines] == [2, 4], result.stdout[-2000:]
+    for told, completed, n_pruned, value, number in lines:
+        done = [t for t in found if t.number < int(told)]
+        assert int(completed) + int(n_pruned) == int(told) == len(done)
+        best = min((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.value, default=None)
+        assert (int(number), float(value)) == (best.number, pytest.approx(best.value, rel=1e-5)) if best else not value
 
 
 def test_a_job_outside_a_search_has_no_trial(monkeypatch):

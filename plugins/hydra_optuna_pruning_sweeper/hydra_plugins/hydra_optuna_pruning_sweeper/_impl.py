@@ -247,6 +247,22 @@ def reason(error: BaseException) -> str:
     return str(error) if isinstance(error, CompactHydraException) else f"{type(error).__name__}: {error}"
 
 
+def progress(study: optuna.Study, states: Counter[TrialState], told: int, n_trials: int) -> str:
+    """Where a search stands after a batch: its new trials by how they ended, and the study's best value so far
+    (with one direction)."""
+    line = f"{told} of {n_trials} new trials ended: {counted(states)}"
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(study.directions) == 1 and completed:
+        best = study.best_trial
+        line += f"; best value {best.value:.6g} (trial {best.number})"
+    return line
+
+
+def counted(states: Counter[TrialState]) -> str:
+    ended = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    return ", ".join(f"{states[state]} {word}" for state, word in ended.items())
+
+
 def write_results(study: optuna.Study, sweep_dir: Path) -> None:
     """``optimization_results.yaml``: the best trial, or with several directions the best trials (Pareto front)."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -335,7 +351,7 @@ def sweep(sweeper: OptunaSweeper, arguments: list[str]) -> None:
                 f"hydra.sweeper.max_failure_rate={sweeper.max_failure_rate}: the search ends in the first failure."
             )
             raise failures[0]
-    ended = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
-    counts = ", ".join(f"{states[state]} {word}" for state, word in ended.items())
-    log.info(f"{job_idx} new trial{'s' * (job_idx != 1)}: {counts}")
+        if job_idx < n_trials:  # the search goes on: where it stands
+            log.info(progress(study, states, job_idx, n_trials))
+    log.info(f"{job_idx} new trial{'s' * (job_idx != 1)}: {counted(states)}")
     write_results(study, Path(config.hydra.sweep.dir))
