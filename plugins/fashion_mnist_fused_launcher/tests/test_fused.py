@@ -163,6 +163,19 @@ def test_a_diverging_member_fails_alone(fake_archives, tmp_path):
             assert {row["epoch"] for row in csv.DictReader(f)} == {"0", "1", ""}  # "": the test row
 
 
+def test_a_group_whose_every_member_diverges_fails_each_as_its_lone_run_does(fake_archives, tmp_path):
+    """Once no member trains, the group trains nothing more: each job fails with its own paragraph."""
+    common = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.")]
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=fused", *common, f"hydra.sweep.dir={sweep}", "optim.lr=1e30", "seed=1,2"]
+    result = run_script("train.py", *args)
+    console = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1 and "Traceback" not in console and "grad_fn" not in console, console[-3000:]
+    assert "Launching 2 jobs as 1 fused group of 2" in console
+    for job in ("0", "1"):
+        assert (sweep / job / ERROR_FILE).read_text().startswith("Training stopped: the loss diverged")
+
+
 def logged(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar and image a job logged to TensorBoard: (step, value) per tag, images as (step, width)."""
     events = EventAccumulator(str(events_dir(job_dir)), size_guidance={"images": 0, "scalars": 0})

@@ -328,7 +328,7 @@ def launch(launcher: FusedLauncher, job_overrides: Sequence[Sequence[str]], init
                 alone[job.config.hydra.job.num] = reason
         sizes = " + ".join(str(len(members)) for members in groups.values())
         log.info(
-            f"Launching {len(jobs)} jobs as {len(groups)} fused group{'s' * (len(groups) != 1)}"
+            f"Launching {len(jobs)} job{'s' * (len(jobs) != 1)} as {len(groups)} fused group{'s' * (len(groups) != 1)}"
             + (f" of {sizes}" if groups else "")
             + "".join(f"; job {num} alone: {reason}" for num, reason in alone.items())
         )

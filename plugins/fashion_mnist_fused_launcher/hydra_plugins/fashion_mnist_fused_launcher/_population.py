@@ -221,12 +221,12 @@ class FusedSoftmaxRegression(Classifier):
         for k, back, loss in self.diverged.check(losses, self.trainer.is_last_batch):
             if self.alive[k]:
                 self.leave(k)
-                max_loss, lr, epoch = (
-                    float(self.diverged.max_loss[k]),
-                    self.lr_factor * float(self.lr[k]),
-                    self.current_epoch,
+                max_loss, lr = float(self.diverged.max_loss[k]), self.lr_factor * float(self.lr[k])
+                self.failures[k] = DivergedLoss.message(
+                    max_loss, self.current_epoch + 1, batch_idx + 1 - back, loss, lr
                 )
-                self.failures[k] = DivergedLoss.message(max_loss, epoch + 1, batch_idx + 1 - back, loss, lr)
+        if not self.alive.any():  # no member left to train: the group stops after this step
+            self.trainer.should_stop = True
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
