@@ -172,17 +172,17 @@ class Members(HeldInterrupt):
     def on_train_epoch_end(self, trainer: L.Trainer, module: FusedSoftmaxRegression) -> None:
         self.take(module, "train")
         self.each("on_train_epoch_end", trainer, module)
-        for member in self.alive(module):
-            if member.stopping:
-                module.leave(member.k)
-        if alive := self.alive(module):
-            losses, accs = ([float(m.values.get(key, math.nan)) for m in alive] for key in (TRAIN_LOSS, VAL_ACC))
+        if trained := self.alive(module):  # the members that trained this epoch, those it ends for too
+            losses, accs = ([float(m.values.get(key, math.nan)) for m in trained] for key in (TRAIN_LOSS, VAL_ACC))
             print(
-                f"fused epoch {trainer.current_epoch + 1}: {len(alive)} of {len(self.members)} jobs, loss "
+                f"fused epoch {trainer.current_epoch + 1}: {len(trained)} of {len(self.members)} jobs, loss "
                 f"{min(losses):.4f}-{max(losses):.4f}, val acc {min(accs):.3f}-{max(accs):.3f}",
                 flush=True,
             )
-        else:
+        for member in trained:
+            if member.stopping:
+                module.leave(member.k)
+        if not self.alive(module):
             trainer.should_stop = True  # every member pruned or failed
         # the painters idle before the next epoch: OpenMP's threads, which spin while they wait for work, slow
         # down many times over on cores that other processes use
