@@ -118,6 +118,12 @@ def test_optuna_study_in_sqlite_resumes(tmp_path: Path, fake_archives: Path) -> 
     assert len(set(lrs)) == 2, "the resumed study drew a new trial, not the first one again"
     assert [r["trial"] for r in _read_csv(second / SUMMARY_CSV)] == ["1"]
     assert [r["trial"] for r in _read_csv(first / SUMMARY_CSV)] == ["0"]
+    # what the search draws is a column, though one trial drew one value of each: the search fixed none of them
+    searched = {"optim.lr", "optim.weight_decay", "optim.momentum", "data.normalize"}
+    assert searched <= set(_read_csv(second / SUMMARY_CSV)[0])
+    assert not [key for key in searched if f"`{key}=" in (second / SUMMARY_MD).read_text()]
+    for fixed in ("`trainer.max_epochs=1`", "`data.batch_size=32`"):  # in the search space, fixed on the command line
+        assert fixed in (second / SUMMARY_MD).read_text()
     # without a pruner (hydra/sweeper/pruner=nop, the default) a job still reports its val/acc to its trial, at the
     # percent of its training done: all of it after its one epoch
     for trial, job in zip(study.trials, jobs, strict=True):

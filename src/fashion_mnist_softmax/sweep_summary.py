@@ -128,10 +128,24 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
     return jobs
 
 
+def _optuna(config: DictConfig) -> bool:
+    return "optuna" in str(config.hydra.sweeper.get("_target_", ""))
+
+
+def searched_keys(config: DictConfig) -> set[str]:
+    """The keys an Optuna search draws: the sweeps of its ``params`` and of the command line, which has the last
+    word on a key in both."""
+    if not _optuna(config):
+        return set()
+    given = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()] + [*config.hydra.overrides.task]
+    last = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(given)}
+    return {key for key, override in last.items() if override.is_sweep_override()}
+
+
 def trial_numbers(config: DictConfig, jobs: list[dict[str, Any]]) -> dict[str, int] | None:
     """Each job's Optuna trial number (its job number in an in-memory study); None without Optuna."""
     sweeper = config.hydra.sweeper
-    if "optuna" not in str(sweeper.get("_target_", "")):
+    if not _optuna(config):
         return None
     if not sweeper.get("storage"):
         return {job["job"]: int(job["job"]) for job in jobs}
@@ -151,10 +165,13 @@ def _best_first(row: dict[str, Any]) -> tuple:
     return ({"ok": 0, PRUNED: 1, NOT_STARTED: 3}.get(row[STATUS], 2), -value if value is not None else 0.0)
 
 
-def summary_rows(jobs: list[dict[str, Any]], trials: dict[str, int] | None = None) -> tuple[list[dict], dict]:
-    """One row per job (varying overrides, status, metrics, reason), best first; and the overrides all jobs share."""
+def summary_rows(
+    jobs: list[dict[str, Any]], trials: dict[str, int] | None = None, searched: set[str] = frozenset()
+) -> tuple[list[dict], dict]:
+    """One row per job (varying overrides, status, metrics, reason), best first; and the overrides all jobs share.
+    A key in ``searched`` is a column, even where every trial drew the same value: a search did not fix it."""
     keys = list(dict.fromkeys(k for job in jobs for k in job["overrides"] if k != TRIAL))  # numbered apart
-    varying = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
+    varying = [k for k in keys if k in searched or len({job["overrides"].get(k) for job in jobs}) > 1]
     common = {k: jobs[0]["overrides"][k] for k in keys if k not in varying}
     rows = []
     for job in jobs:
@@ -232,7 +249,8 @@ def write_summary(sweep_dir: Path, config: DictConfig | None = None, final: bool
         jobs = read_jobs(sweep_dir, final)
         if not jobs:
             return []
-        rows, common = summary_rows(jobs, trial_numbers(config, jobs) if config is not None else None)
+        trials = trial_numbers(config, jobs) if config is not None else None
+        rows, common = summary_rows(jobs, trials, searched_keys(config) if config is not None else set())
         _write_csv(sweep_dir / SUMMARY_CSV, rows)
         md = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, {status_counts(rows)}, best `{VAL_ACC_BEST}` first."]
         if common:
