@@ -19,6 +19,7 @@ import math
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +129,14 @@ def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
     return jobs
 
 
-def _optuna(config: DictConfig) -> bool:
+def _optuna_search(config: DictConfig) -> bool:
     return "optuna" in str(config.hydra.sweeper.get("_target_", ""))
 
 
 def searched_keys(config: DictConfig) -> set[str]:
     """The keys an Optuna search draws: the sweeps of its ``params`` and of the command line, which has the last
     word on a key in both."""
-    if not _optuna(config):
+    if not _optuna_search(config):
         return set()
     given = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()] + [*config.hydra.overrides.task]
     last = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(given)}
@@ -145,7 +146,7 @@ def searched_keys(config: DictConfig) -> set[str]:
 def trial_numbers(config: DictConfig, jobs: list[dict[str, Any]]) -> dict[str, int] | None:
     """Each job's Optuna trial number (its job number in an in-memory study); None without Optuna."""
     sweeper = config.hydra.sweeper
-    if not _optuna(config):
+    if not _optuna_search(config):
         return None
     if not sweeper.get("storage"):
         return {job["job"]: int(job["job"]) for job in jobs}
@@ -166,7 +167,7 @@ def _best_first(row: dict[str, Any]) -> tuple:
 
 
 def summary_rows(
-    jobs: list[dict[str, Any]], trials: dict[str, int] | None = None, searched: set[str] = frozenset()
+    jobs: list[dict[str, Any]], trials: dict[str, int] | None = None, searched: Collection[str] = ()
 ) -> tuple[list[dict], dict]:
     """One row per job (varying overrides, status, metrics, reason), best first; and the overrides all jobs share.
     A key in ``searched`` is a column, even where every trial drew the same value: a search did not fix it."""
