@@ -126,6 +126,17 @@ def test_multi_node_ddp_in_a_local_multirun_is_refused(tmp_path: Path, fake_arch
     assert not list((tmp_path / "logs").rglob(METRICS_FILE))
 
 
+def test_multi_node_ddp_in_a_single_run_is_refused_with_its_run_dir(tmp_path: Path, fake_archives: Path) -> None:
+    """Neither torchrun nor SLURM started it, which only Lightning's look for a cluster tells: its run dir says why."""
+    tiny = [o for o in tiny_overrides(fake_archives, tmp_path / "data", tmp_path) if not o.startswith("paths.output")]
+    result = run_script("train.py", *tiny, *DDP, "trainer.num_nodes=2", f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    said = "trainer.num_nodes=2 needs a launcher that starts the processes of every node"
+    assert said in " ".join(result.stderr.split())
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert said in " ".join((run / ERROR_FILE).read_text().split()) and not (run / METRICS_FILE).exists()
+
+
 def test_ddp_all_reduces_every_sgd_step(tmp_path: Path, tiny_cfg) -> None:
     """2 ranks at batch 32 take the steps of one process at batch 64, whose minibatches are the union of
     the ranks' (the same shuffle): each rank's gradient is averaged with the other's at every step.
