@@ -19,7 +19,7 @@ import math
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import yaml
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -92,14 +93,20 @@ def planned_jobs(sweep_dir: Path) -> list[dict[str, str]]:
     sweeper = (config or {}).get("hydra", {}).get("sweeper", {})
     if not str(sweeper.get("_target_")).endswith(("GridSweeper", "BasicSweeper")):
         return []
-    given = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + config["hydra"]["overrides"]["task"]
-    grid: dict[str, list[str]] = {}  # a key given twice: where it came first, with its last values
-    for override in OverridesParser.create().parse_overrides(given):
-        sweep = override.is_sweep_override()
-        grid[override.get_key_element()] = (
-            [*override.sweep_string_iterator()] if sweep else [override.get_value_element_as_str()]
-        )
+    grid = {
+        key: [*override.sweep_string_iterator()]
+        if override.is_sweep_override()
+        else [override.get_value_element_as_str()]
+        for key, override in _given(sweeper.get("params"), config["hydra"]["overrides"]["task"]).items()
+    }
     return [dict(zip(grid, job, strict=True)) for job in itertools.product(*grid.values())]
+
+
+def _given(params: Mapping[str, Any] | None, task: Iterable[str]) -> dict[str, Override]:
+    """A sweep's overrides by key: its sweeper's ``params``, then the command line's, which has the last word on a
+    key in both (in the place where the key came first)."""
+    given = [f"{k}={v}" for k, v in (params or {}).items()] + [*task]
+    return {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(given)}
 
 
 def read_jobs(sweep_dir: Path, final: bool = False) -> list[dict[str, Any]]:
@@ -134,13 +141,11 @@ def _optuna_search(config: DictConfig) -> bool:
 
 
 def searched_keys(config: DictConfig) -> set[str]:
-    """The keys an Optuna search draws: the sweeps of its ``params`` and of the command line, which has the last
-    word on a key in both."""
+    """The keys an Optuna search draws: the sweeps of its ``params`` and of the command line."""
     if not _optuna_search(config):
         return set()
-    given = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()] + [*config.hydra.overrides.task]
-    last = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(given)}
-    return {key for key, override in last.items() if override.is_sweep_override()}
+    given = _given(config.hydra.sweeper.get("params"), config.hydra.overrides.task)
+    return {key for key, override in given.items() if override.is_sweep_override()}
 
 
 def trial_numbers(config: DictConfig, jobs: list[dict[str, Any]]) -> dict[str, int] | None:

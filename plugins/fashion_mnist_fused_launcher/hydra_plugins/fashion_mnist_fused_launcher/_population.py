@@ -225,8 +225,8 @@ class FusedSoftmaxRegression(Classifier):
                 self.failures[k] = DivergedLoss.message(
                     max_loss, self.current_epoch + 1, batch_idx + 1 - back, loss, lr
                 )
-        if not self.alive.any():  # no member left to train: the group stops after this step
-            self.trainer.should_stop = True
+                if not self.alive.any():  # no member left to train: the group stops after this step
+                    self.trainer.should_stop = True
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
